@@ -1,0 +1,38 @@
+# Two commands on a fresh machine: `make run` (API + page on the shipped model) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+API_PORT ?= 5000
+PAGE_PORT ?= 8501
+
+.PHONY: install browser run api page test smoke bench clean
+
+$(VENV)/.installed: requirements.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+browser:  ## Debian's Chromium + ChromeDriver for the page's end-to-end test
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null)
+
+api: install
+	$(PY) flask_server.py --port $(API_PORT)
+
+page: install
+	TOMATO_API_URL=http://127.0.0.1:$(API_PORT) $(VENV)/bin/streamlit run streamlit.py --server.port $(PAGE_PORT) --server.headless true
+
+run: install  ## API on :5000 and the page on :8501; Ctrl-C stops both
+	@trap 'kill 0' INT TERM EXIT; \
+	$(PY) flask_server.py --port $(API_PORT) & \
+	TOMATO_API_URL=http://127.0.0.1:$(API_PORT) $(VENV)/bin/streamlit run streamlit.py --server.port $(PAGE_PORT) --server.headless true
+
+test: install browser
+	$(VENV)/bin/pytest
+
+smoke: install  ## flask_test.py against a server already running on API_PORT
+	$(PY) flask_test.py --url http://127.0.0.1:$(API_PORT)
+
+clean:
+	rm -rf $(VENV) .pytest_cache artifacts

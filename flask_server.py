@@ -1,0 +1,301 @@
+"""Tomato-leaf disease classifier: the REST API.
+
+Run `python flask_server.py` (gunicorn, 127.0.0.1:5000) or import `create_app` for tests and WSGI servers.
+Configuration: built-in defaults < environment variables prefixed TOMATO_ (e.g. TOMATO_MAX_FILES=4)
+< the mapping passed to `create_app`.
+"""
+from __future__ import annotations
+
+import argparse
+import hmac
+import os
+import threading
+import time
+from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
+from typing import Any
+
+import torch
+from flask import Flask, Response, current_app, g, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from werkzeug.exceptions import HTTPException
+
+from inference import DEFAULT_BUNDLE_PATH, InvalidImage, MicroBatcher, ModelBundle, QueueFull, decode_image, load_bundle
+from inference.predict import preprocess
+from serving.errors import IMAGE_ERROR_STATUS, ApiError
+from serving.feedback import FeedbackStore
+from serving.metrics import create_metrics
+from serving.openapi import openapi_spec
+from serving.uploads import read_uploads
+
+DEFAULTS: dict[str, Any] = {
+    "MODEL_PATH": str(DEFAULT_BUNDLE_PATH),  # the shipped bundle
+    "DEVICE": "auto",  # "auto" = CUDA when available, else CPU
+    "TOP_K": 3,  # default length of each prediction's top-k list (?top_k= overrides, 1..classes)
+    "MAX_CONTENT_LENGTH": 20 * 1024 * 1024,  # bytes per request; Flask answers 413 above it
+    "MAX_IMAGE_PIXELS": 50_000_000,  # decoded size limit per image (decompression bombs get 413)
+    "MAX_FILES": 16,  # images per request
+    "MAX_BATCH_SIZE": 16,  # images per model forward
+    "BATCH_WAIT_MS": 2.0,  # how long the batcher waits for company after the first image
+    "MAX_QUEUE": 64,  # images waiting for the batcher; beyond it requests get 429
+    "REQUEST_TIMEOUT_S": 10.0,  # a request still waiting after this gets 504
+    "TORCH_THREADS": 0,  # intra-op threads for the forward; 0 = number of CPU cores
+    "API_TOKEN": None,  # when set, POST endpoints need "Authorization: Bearer <token>"
+    "FEEDBACK_DIR": "feedback",  # where /feedback stores images and feedback.sqlite3
+    "LOAD_IN_BACKGROUND": False,  # True: start serving at once, /readyz says 503 until the model is warm
+}
+
+
+class ServiceState:
+    """The model, its batcher and the feedback store: created once per process, shared by request threads."""
+
+    def __init__(self, app: Flask) -> None:
+        self.config = app.config
+        self.bundle: ModelBundle | None = None
+        self.batcher: MicroBatcher | None = None
+        self.load_error: str | None = None
+        self.ready = threading.Event()
+        self.metrics = create_metrics(lambda: self.batcher.queue_depth if self.batcher else 0)
+        self.feedback = FeedbackStore(Path(app.config["FEEDBACK_DIR"]))
+
+    def load(self) -> None:
+        try:
+            threads = int(self.config["TORCH_THREADS"]) or os.cpu_count() or 1
+            torch.set_num_threads(threads)
+            self.bundle = load_bundle(self.config["MODEL_PATH"], device=self.config["DEVICE"], warmup=True)
+            self.batcher = MicroBatcher(
+                self.bundle,
+                max_batch_size=int(self.config["MAX_BATCH_SIZE"]),
+                max_wait_ms=float(self.config["BATCH_WAIT_MS"]),
+                max_queue=int(self.config["MAX_QUEUE"]),
+                on_batch=self.metrics.observe_batch,
+            )
+            self.ready.set()
+        except Exception as exc:  # reported by /readyz and every /predict instead of crashing the worker
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            raise
+
+    def require_ready(self) -> tuple[ModelBundle, MicroBatcher]:
+        if not self.ready.is_set() or self.bundle is None or self.batcher is None:
+            reason = f"model failed to load: {self.load_error}" if self.load_error else "model is still loading"
+            raise ApiError(503, "not_ready", reason, {"Retry-After": "2"})
+        return self.bundle, self.batcher
+
+
+def state() -> ServiceState:
+    return current_app.extensions["tomato"]
+
+
+def check_token() -> None:
+    token = current_app.config.get("API_TOKEN")
+    if not token:
+        return
+    header = request.headers.get("Authorization", "")
+    given = header[7:] if header.startswith("Bearer ") else request.headers.get("X-API-Token", "")
+    if not hmac.compare_digest(given.encode(), str(token).encode()):
+        raise ApiError(401, "unauthorized", "missing or wrong API token", {"WWW-Authenticate": "Bearer"})
+
+
+def parse_top_k(bundle: ModelBundle) -> int:
+    raw = request.args.get("top_k", current_app.config["TOP_K"])
+    try:
+        top_k = int(raw)
+    except (TypeError, ValueError):
+        raise ApiError(400, "bad_parameter", f"top_k must be an integer, got {raw!r}") from None
+    if not 1 <= top_k <= len(bundle.class_names):
+        raise ApiError(400, "bad_parameter", f"top_k must be between 1 and {len(bundle.class_names)}")
+    return top_k
+
+
+def decode_or_error(data: bytes, filename: str) -> Any:
+    try:
+        return decode_image(data, max_pixels=int(current_app.config["MAX_IMAGE_PIXELS"]))
+    except InvalidImage as exc:
+        raise ApiError(IMAGE_ERROR_STATUS.get(exc.code, 400), exc.code, f"{filename}: {exc}") from None
+
+
+def register_routes(app: Flask) -> None:
+    @app.get("/")
+    def index() -> Response:
+        return jsonify(
+            service="tomato-leaf disease classifier",
+            usage='curl -F "file=@leaf.jpg" http://HOST:PORT/predict',
+            endpoints={"POST /predict": "classify one or more leaf photos", "POST /feedback": "report a wrong answer",
+                       "GET /v1/model": "model card summary", "GET /livez": "process alive",
+                       "GET /readyz": "model loaded and warm", "GET /metrics": "Prometheus metrics",
+                       "GET /openapi.json": "OpenAPI 3 description"},
+        )
+
+    @app.get("/livez")
+    def livez() -> Response:
+        return jsonify(status="alive")
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        bundle, _ = state().require_ready()
+        return jsonify(status="ready", model=bundle.describe())
+
+    @app.get("/v1/model")
+    def model_info() -> Response:
+        bundle, _ = state().require_ready()
+        return jsonify(
+            **bundle.describe(),
+            classes=[{"class_name": c, "display_name": d} for c, d in zip(bundle.class_names, bundle.display_names)],
+            input_size=bundle.preprocess.image_size,
+            preprocess=bundle.preprocess.to_dict(),
+            temperature=bundle.temperature,
+            metrics={k: v for k, v in bundle.metrics.items() if k != "history"},
+            provenance={k: v for k, v in bundle.provenance.items() if k != "train_args"},
+        )
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(state().metrics.registry), mimetype=CONTENT_TYPE_LATEST)
+
+    @app.get("/openapi.json")
+    def openapi() -> Response:
+        return jsonify(openapi_spec())
+
+    @app.post("/predict")
+    def predict() -> Response:
+        check_token()
+        bundle, batcher = state().require_ready()
+        top_k = parse_top_k(bundle)
+        uploads = read_uploads(request, int(current_app.config["MAX_FILES"]))
+        decode_started = time.perf_counter()
+        decoded, decode_ms = [], []
+        for upload in uploads:
+            started = time.perf_counter()
+            decoded.append(preprocess(bundle, decode_or_error(upload.data, upload.filename)))
+            decode_ms.append((time.perf_counter() - started) * 1000)
+        try:
+            futures = batcher.submit_many(decoded, top_k)
+        except QueueFull as exc:
+            raise ApiError(429, "overloaded", f"server is busy ({exc}); retry shortly", {"Retry-After": "1"}) from None
+        deadline = decode_started + float(current_app.config["REQUEST_TIMEOUT_S"])
+        results = []
+        try:
+            for future in futures:
+                results.append(future.result(timeout=max(0.0, deadline - time.perf_counter())))
+        except FutureTimeout:
+            for future in futures:
+                future.cancel()
+            raise ApiError(504, "timeout", "the model did not answer within the request deadline") from None
+        state().metrics.images.inc(len(results))
+        predictions = [
+            {
+                "filename": upload.filename,
+                **result.prediction.to_dict(),
+                "batch_size": result.batch_size,
+                "timing_ms": {"decode": round(d, 2), "queue": round(result.queue_ms, 2),
+                              "inference": round(result.inference_ms, 2)},
+            }
+            for upload, result, d in zip(uploads, results, decode_ms)
+        ]
+        total_ms = (time.perf_counter() - g.started) * 1000
+        return jsonify(predictions=predictions, model=bundle.describe(), timing_ms={"total": round(total_ms, 2)})
+
+    @app.post("/feedback")
+    def feedback() -> tuple[Response, int]:
+        check_token()
+        bundle, _ = state().require_ready()
+        if request.mimetype != "multipart/form-data":
+            raise ApiError(415, "unsupported_media_type", "send multipart/form-data with file, correct_class, ...")
+        upload = read_uploads(request, max_files=1)[0]
+        decode_or_error(upload.data, upload.filename)  # only real images are stored
+        correct = request.form.get("correct_class", "").strip()
+        predicted = request.form.get("predicted_class", "").strip() or None
+        comment = request.form.get("comment", "").strip()[:2000] or None
+        for name, value in (("correct_class", correct), ("predicted_class", predicted)):
+            if (value or name == "correct_class") and value not in bundle.class_names:
+                raise ApiError(400, "bad_parameter", f"{name} must be one of {bundle.class_names}, got {value!r}")
+        item_id = state().feedback.add(upload.data, predicted, correct, comment, bundle.sha256)
+        return jsonify(id=item_id, stored=True), 201
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def api_error(exc: ApiError) -> tuple[Response, int, dict[str, str]]:
+        return jsonify(exc.to_dict()), exc.status_code, exc.headers
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> tuple[Response, int, dict[str, str]]:
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.code or 500, "http_error")
+        message = exc.description or exc.name
+        if exc.code == 413:
+            message = f"request body is larger than {current_app.config['MAX_CONTENT_LENGTH']} bytes"
+        headers = {k: v for k, v in exc.get_headers() if k.lower() == "allow"}
+        return jsonify({"error": {"code": code, "message": message}}), exc.code or 500, headers
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> tuple[Response, int]:
+        app.logger.exception("unhandled error")
+        return jsonify({"error": {"code": "internal_error", "message": "unexpected server error"}}), 500
+
+
+def register_metrics_hooks(app: Flask) -> None:
+    @app.before_request
+    def start_timer() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def count(response: Response) -> Response:
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        metrics = state().metrics
+        metrics.requests.labels(endpoint, request.method, str(response.status_code)).inc()
+        metrics.latency.labels(endpoint).observe(time.perf_counter() - g.get("started", time.perf_counter()))
+        return response
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """App factory: defaults < TOMATO_* environment < `test_config`; loads and warms the model once."""
+    app = Flask(__name__)
+    app.config.from_mapping(DEFAULTS)
+    app.config.from_prefixed_env("TOMATO")
+    if test_config:
+        app.config.from_mapping(test_config)
+    app.json.sort_keys = False
+    service = ServiceState(app)
+    app.extensions["tomato"] = service
+    register_error_handlers(app)
+    register_metrics_hooks(app)
+    register_routes(app)
+    if app.config["LOAD_IN_BACKGROUND"]:
+        threading.Thread(target=service.load, name="model-loader", daemon=True).start()
+    else:
+        service.load()
+    return app
+
+
+def serve(argv: list[str] | None = None) -> None:
+    """Start gunicorn (one process, many threads: one batcher sees every concurrent request)."""
+    from gunicorn.app.base import BaseApplication
+
+    parser = argparse.ArgumentParser(description="Serve the tomato-leaf classifier with gunicorn.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--model", default=None, help="model bundle .pt (default: the shipped one)")
+    parser.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1 ...")
+    parser.add_argument("--workers", type=int, default=1, help="processes; each loads its own model copy")
+    parser.add_argument("--threads", type=int, default=32, help="request threads per process")
+    parser.add_argument("--graceful-timeout", type=int, default=20, help="seconds in-flight requests get on SIGTERM")
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in {"MODEL_PATH": args.model, "DEVICE": args.device}.items() if v}
+    overrides["LOAD_IN_BACKGROUND"] = True
+
+    class GunicornServer(BaseApplication):
+        def load_config(self) -> None:
+            settings = {"bind": f"{args.host}:{args.port}", "workers": args.workers, "threads": args.threads,
+                        "worker_class": "gthread", "graceful_timeout": args.graceful_timeout, "timeout": 60,
+                        "accesslog": "-", "errorlog": "-", "loglevel": "info", "backlog": 256}
+            for key, value in settings.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Flask:
+            return create_app(overrides)
+
+    GunicornServer().run()
+
+
+if __name__ == "__main__":
+    serve()

@@ -1,0 +1,76 @@
+"""Offline bulk scoring: `python -m inference.batch FOLDER --out results.csv`.
+
+Scores every file under FOLDER in batches; a file that is not a usable image gets a row with the
+reason instead of stopping the run.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+from typing import Iterator
+
+from tqdm import tqdm
+
+from inference.bundle import DEFAULT_BUNDLE_PATH, load_bundle
+from inference.images import InvalidImage, decode_image
+from inference.predict import predict
+
+FIELDS = ["file", "status", "class_name", "display_name", "probability", "top_k", "error"]
+
+
+def iter_files(folder: Path) -> Iterator[Path]:
+    """Every regular, non-hidden file below `folder`, in a stable order."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts):
+            yield path
+
+
+def score_folder(folder: Path, out: Path, model: Path = DEFAULT_BUNDLE_PATH, batch_size: int = 32, top_k: int = 3,
+                 device: str | None = None) -> dict[str, int]:
+    """Write one CSV row per file; returns counts of ok and error rows."""
+    bundle = load_bundle(model, device=device)
+    files = list(iter_files(folder))
+    counts = {"ok": 0, "error": 0}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as fh, tqdm(total=len(files), unit="img", file=sys.stderr) as bar:
+        writer = csv.DictWriter(fh, fieldnames=FIELDS)
+        writer.writeheader()
+        for start in range(0, len(files), batch_size):
+            good, images = [], []
+            for path in files[start : start + batch_size]:
+                name = str(path.relative_to(folder))
+                try:
+                    images.append(decode_image(path.read_bytes()))
+                    good.append(name)
+                except (InvalidImage, OSError) as exc:
+                    writer.writerow({"file": name, "status": "error", "error": str(exc)})
+                    counts["error"] += 1
+            for name, pred in zip(good, predict(bundle, images, top_k)):
+                top = ";".join(f"{s.class_name}:{s.probability:.4f}" for s in pred.top_k)
+                writer.writerow({"file": name, "status": "ok", "class_name": pred.class_name,
+                                 "display_name": pred.display_name, "probability": f"{pred.probability:.6f}", "top_k": top})
+                counts["ok"] += 1
+            bar.update(min(batch_size, len(files) - start))
+    return counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", type=Path, help="folder of images (searched recursively)")
+    parser.add_argument("--out", type=Path, default=Path("results.csv"), help="CSV to write")
+    parser.add_argument("--model", type=Path, default=DEFAULT_BUNDLE_PATH, help="model bundle (.pt)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--top-k", type=int, default=3)
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA if available)")
+    args = parser.parse_args(argv)
+    if not args.folder.is_dir():
+        parser.error(f"{args.folder} is not a folder")
+    counts = score_folder(args.folder, args.out, args.model, args.batch_size, args.top_k, args.device)
+    print(f"scored {counts['ok']} images, {counts['error']} unreadable files -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Load the shipped model bundle once: network, transform, labels and calibration travel together."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from model.bundle import file_sha256, network_from_bundle, read_bundle
+from model.transforms import PreprocessConfig, Transform, build_transform
+
+DEFAULT_BUNDLE_PATH = Path(__file__).resolve().parent.parent / "trained_model" / "tomato_leaf_lite0.pt"
+
+
+@dataclass
+class ModelBundle:
+    """A ready-to-run model: everything `predict` needs, loaded and warmed up."""
+
+    network: nn.Module
+    transform: Transform
+    preprocess: PreprocessConfig
+    class_names: list[str]
+    display_names: list[str]
+    temperature: float
+    device: torch.device
+    name: str
+    version: str
+    sha256: str
+    path: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        """Plain-Python identity of the model, for API responses and logs."""
+        return {"name": self.name, "version": self.version, "sha256": self.sha256, "device": str(self.device)}
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """`None`/"auto" picks CUDA when present, else CPU."""
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_bundle(path: str | Path = DEFAULT_BUNDLE_PATH, device: str | None = None, warmup: bool = True) -> ModelBundle:
+    """Read, validate and rebuild the bundle on `device`, in eval mode, optionally warmed up."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model bundle not found: {path}")
+    raw = read_bundle(path)
+    target = resolve_device(device)
+    network = network_from_bundle(raw).to(target).to(memory_format=torch.channels_last)
+    preprocess = PreprocessConfig.from_dict(raw["preprocess"])
+    bundle = ModelBundle(
+        network=network,
+        transform=build_transform(preprocess),
+        preprocess=preprocess,
+        class_names=list(raw["class_names"]),
+        display_names=list(raw["display_names"]),
+        temperature=float(raw["temperature"]),
+        device=target,
+        name=str(raw.get("name", path.stem)),
+        version=str(raw.get("version", "0")),
+        sha256=file_sha256(path),
+        path=str(path),
+        metrics=dict(raw.get("metrics", {})),
+        provenance=dict(raw.get("provenance", {})),
+    )
+    if warmup:
+        warm_up(bundle)
+    return bundle
+
+
+def warm_up(bundle: ModelBundle, batch_sizes: tuple[int, ...] = (1, 2, 8)) -> None:
+    """Run a few forwards so the first real request does not pay for lazy initialisation."""
+    side = bundle.preprocess.image_size
+    with torch.inference_mode():
+        for size in batch_sizes:
+            bundle.network(torch.zeros(size, 3, side, side, device=bundle.device).contiguous(memory_format=torch.channels_last))

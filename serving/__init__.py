@@ -1,0 +1,1 @@
+"""HTTP-side helpers for flask_server.py: errors, upload parsing, feedback store, metrics, OpenAPI."""

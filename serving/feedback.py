@@ -1,0 +1,66 @@
+"""Durable store for "this prediction is wrong" reports: the image file plus one SQLite row.
+
+SQLite (WAL mode, one connection per call) keeps concurrent writers from several threads or
+worker processes safe; file names are server-made UUIDs, so nothing a client sends reaches a path.
+"""
+from __future__ import annotations
+
+import io
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+
+from PIL import Image
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS feedback (
+    id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    image_file TEXT NOT NULL,
+    predicted TEXT,
+    correct TEXT NOT NULL,
+    comment TEXT,
+    model_sha256 TEXT
+)
+"""
+
+
+def image_extension(data: bytes) -> str:
+    """File extension from the image's own header, never from the client's file name."""
+    with Image.open(io.BytesIO(data)) as img:
+        return {"JPEG": "jpg", "MPO": "jpg", "TIFF": "tif"}.get(img.format or "", (img.format or "img").lower())
+
+
+class FeedbackStore:
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.images = self.folder / "images"
+        self.images.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.folder / "feedback.sqlite3"
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.db_path, timeout=30)
+
+    def add(self, image: bytes, predicted: str | None, correct: str, comment: str | None,
+            model_sha256: str) -> str:
+        """Write the image first, then the row, so a row never points at a missing file."""
+        item_id = uuid.uuid4().hex
+        name = f"{item_id}.{image_extension(image)}"
+        tmp = self.images / f".{name}.tmp"
+        tmp.write_bytes(image)
+        tmp.replace(self.images / name)
+        with self._connect() as db:
+            db.execute(
+                "INSERT INTO feedback VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (item_id, time.time(), name, predicted, correct, comment, model_sha256),
+            )
+        return item_id
+
+    def rows(self) -> list[dict]:
+        with self._connect() as db:
+            db.row_factory = sqlite3.Row
+            return [dict(r) for r in db.execute("SELECT * FROM feedback ORDER BY created_at")]
