@@ -3,9 +3,25 @@ from __future__ import annotations
 
 import io
 import socket
+import sys
 from pathlib import Path
 
-import pytest
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _import_streamlit_library() -> None:
+    """Import the streamlit package with the project root hidden, so our streamlit.py never shadows it."""
+    saved = sys.path[:]
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT]
+    try:
+        import streamlit  # noqa: F401  (cached in sys.modules for every later import)
+    finally:
+        sys.path[:] = saved
+
+
+_import_streamlit_library()
+
+import pytest  # noqa: E402
 import torch
 from PIL import Image
 
@@ -14,7 +30,6 @@ from model.data import DISPLAY_NAMES
 from model.network import NetworkConfig, build_network
 from model.transforms import PreprocessConfig
 
-ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "inference_image"
 SHIPPED_BUNDLE = ROOT / "trained_model" / "tomato_leaf_lite0.pt"
 DATA_ROOT = ROOT.parent / "shared" / "data" / "plantvillage_tomato"
@@ -92,3 +107,79 @@ def app(make_app):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+class LiveServer:
+    """A real `python flask_server.py` process (gunicorn) on a free loopback port."""
+
+    def __init__(self, model: Path, tmp: Path, extra_env: dict[str, str] | None = None, threads: int = 32) -> None:
+        import os
+        import subprocess
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp / f"server-{self.port}.log"
+        env = {**os.environ, "TOMATO_FEEDBACK_DIR": str(tmp / "feedback"), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+        self._log = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "flask_server.py"), "--port", str(self.port), "--model", str(model),
+             "--threads", str(threads)],
+            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 120.0) -> "LiveServer":
+        import time
+
+        import requests
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log()}")
+            try:
+                if requests.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"server not ready after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def stop(self, timeout: float = 30.0) -> int:
+        import signal
+
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except Exception:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    """Factory fixture: `start_server(model_path, extra_env={...})` -> ready LiveServer, stopped after the test."""
+    servers: list[LiveServer] = []
+
+    def factory(model: Path, extra_env: dict[str, str] | None = None, threads: int = 32) -> LiveServer:
+        server = LiveServer(model, tmp_path, extra_env, threads)
+        servers.append(server)
+        return server.wait_ready()
+
+    yield factory
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def shipped_server(shipped_bundle_path, tmp_path_factory):
+    """One real server on the shipped model, shared by the tests that only read from it."""
+    server = LiveServer(shipped_bundle_path, tmp_path_factory.mktemp("shipped-server"))
+    yield server.wait_ready()
+    server.stop()
