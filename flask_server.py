@@ -287,7 +287,8 @@ def serve(argv: list[str] | None = None) -> None:
         def load_config(self) -> None:
             settings = {"bind": f"{args.host}:{args.port}", "workers": args.workers, "threads": args.threads,
                         "worker_class": "gthread", "graceful_timeout": args.graceful_timeout, "timeout": 60,
-                        "accesslog": "-", "errorlog": "-", "loglevel": "info", "backlog": 256}
+                        "accesslog": "-", "errorlog": "-", "loglevel": "info", "backlog": 256,
+                        "control_socket_disable": True}  # several servers may run side by side
             for key, value in settings.items():
                 self.cfg.set(key, value)
 
