@@ -199,8 +199,10 @@ def register_routes(app: Flask) -> None:
     def feedback() -> tuple[Response, int]:
         check_token()
         bundle, _ = state().require_ready()
-        if request.mimetype != "multipart/form-data":
+        if request.mimetype not in ("multipart/form-data", "application/x-www-form-urlencoded"):
             raise ApiError(415, "unsupported_media_type", "send multipart/form-data with file, correct_class, ...")
+        if "file" not in request.files:
+            raise ApiError(400, "missing_file", 'no "file" part: attach the photo that was classified wrongly')
         upload = read_uploads(request, max_files=1)[0]
         decode_or_error(upload.data, upload.filename)  # only real images are stored
         correct = request.form.get("correct_class", "").strip()

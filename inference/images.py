@@ -12,12 +12,11 @@ import warnings
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO")
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")  # camera MPO files open as JPEG
 DEFAULT_MAX_PIXELS = 50_000_000  # a 48-MP phone photo passes, a decompression bomb does not
 DEFAULT_DRAFT_SIDE = 320  # JPEGs are decoded at the smallest 1/2^k scale that keeps this many pixels per side
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated upload is an error, never half a grey picture
-Image.init()  # register every plugin now, so `formats=` can name MPO (multi-picture JPEGs from cameras)
 
 
 class InvalidImage(ValueError):

@@ -1,0 +1,80 @@
+"""Smoke test of a RUNNING server over real HTTP: `python flask_test.py [--url http://127.0.0.1:5000]`.
+
+Posts every sample in inference_image/ (named <class>_<n>.jpg), checks status, response schema and
+that each prediction names the file's class, sends one bad input, prints a table, and exits non-zero
+on any failure.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+SAMPLES = Path(__file__).resolve().parent / "inference_image"
+PREDICTION_KEYS = {"class_name", "display_name", "probability", "top_k", "probabilities", "timing_ms"}
+
+
+def expected_class(path: Path) -> str:
+    return path.stem.rsplit("_", 1)[0]
+
+
+def wait_until_ready(url: str, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while True:
+        try:
+            if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        if time.time() > deadline:
+            raise SystemExit(f"FAIL: {url} is not ready after {timeout:.0f}s (is `python flask_server.py` running?)")
+        time.sleep(0.5)
+
+
+def check_sample(session: requests.Session, url: str, path: Path) -> tuple[bool, str, str, float, float]:
+    """Returns (ok, expected, predicted, probability, latency ms)."""
+    started = time.perf_counter()
+    with open(path, "rb") as fh:
+        response = session.post(f"{url}/predict", files={"file": (path.name, fh, "image/jpeg")}, timeout=30)
+    latency = (time.perf_counter() - started) * 1000
+    if response.status_code != 200:
+        return False, expected_class(path), f"HTTP {response.status_code}", 0.0, latency
+    body = response.json()
+    prediction = body["predictions"][0]
+    schema_ok = PREDICTION_KEYS <= set(prediction) and {"name", "sha256"} <= set(body["model"])
+    ok = schema_ok and prediction["class_name"] == expected_class(path)
+    return ok, expected_class(path), prediction["class_name"], prediction["probability"], latency
+
+
+def check_bad_input(session: requests.Session, url: str) -> bool:
+    response = session.post(f"{url}/predict", files={"file": ("notes.txt", b"not an image", "text/plain")}, timeout=30)
+    error = response.json().get("error", {}) if response.headers.get("Content-Type", "").startswith("application/json") else {}
+    return response.status_code == 415 and error.get("code") == "not_an_image"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", default="http://127.0.0.1:5000", help="base URL of the running server")
+    parser.add_argument("--wait", type=float, default=60, help="seconds to wait for /readyz")
+    args = parser.parse_args(argv)
+    url = args.url.rstrip("/")
+    wait_until_ready(url, args.wait)
+    session = requests.Session()
+    failures = 0
+    print(f"{'file':34} {'expected':24} {'predicted':24} {'prob':>6} {'ms':>7}  result")
+    for path in sorted(SAMPLES.glob("*.jpg")):
+        ok, expected, predicted, probability, latency = check_sample(session, url, path)
+        failures += not ok
+        print(f"{path.name:34} {expected:24} {predicted:24} {probability:6.3f} {latency:7.1f}  {'ok' if ok else 'FAIL'}")
+    bad_ok = check_bad_input(session, url)
+    failures += not bad_ok
+    print(f"{'bad input (text file)':34} {'415 not_an_image':24} {'':24} {'':6} {'':7}  {'ok' if bad_ok else 'FAIL'}")
+    print(f"{'PASS' if failures == 0 else 'FAIL'}: {failures} failure(s)")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Helpers shared by the tests (conftest.py holds only fixtures; test modules import from here)."""
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+from PIL import Image
+
+from model.data import DISPLAY_NAMES
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "inference_image"
+SHIPPED_BUNDLE = ROOT / "trained_model" / "tomato_leaf_lite0.pt"
+DATA_ROOT = ROOT.parent / "shared" / "data" / "plantvillage_tomato"
+CLASS_NAMES = sorted(DISPLAY_NAMES)
+
+
+def sample_files() -> list[Path]:
+    return sorted(SAMPLES.glob("*.jpg"))
+
+
+def class_of(path: Path) -> str:
+    """Sample files are named <class>_<n>.jpg."""
+    return path.stem.rsplit("_", 1)[0]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def encode(img: Image.Image, fmt: str = "JPEG", **kwargs) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+class LiveServer:
+    """A real `python flask_server.py` process (gunicorn) on a free loopback port."""
+
+    def __init__(self, model: Path, tmp: Path, extra_env: dict[str, str] | None = None, threads: int = 32) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp / f"server-{self.port}.log"
+        env = {**os.environ, "TOMATO_FEEDBACK_DIR": str(tmp / "feedback"), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+        self._log = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "flask_server.py"), "--port", str(self.port), "--model", str(model),
+             "--threads", str(threads)],
+            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 120.0) -> "LiveServer":
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log()}")
+            try:
+                if requests.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"server not ready after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except Exception:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode

@@ -1,0 +1,102 @@
+"""The shipped model, loaded the way the server loads it: right answers, consistent batching, safe loading."""
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+from support import SHIPPED_BUNDLE, class_of, encode, sample_files
+
+from inference import decode_image, load_bundle, predict
+from model.bundle import network_from_bundle, read_bundle, save_bundle
+from model.network import NetworkConfig, build_network
+from model.transforms import PreprocessConfig
+
+
+@pytest.fixture(scope="module")
+def samples() -> list[tuple[str, Image.Image]]:
+    return [(class_of(p), decode_image(p.read_bytes())) for p in sample_files()]
+
+
+def test_shipped_bundle_loads_with_the_safe_loader():
+    raw = torch.load(SHIPPED_BUNDLE, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "arch", "class_names", "display_names", "preprocess", "temperature", "metrics", "provenance"):
+        assert key in raw, key
+    assert len(raw["class_names"]) == 10
+    assert raw["temperature"] > 0
+    assert SHIPPED_BUNDLE.stat().st_size < 20e6
+
+
+def test_shipped_model_classifies_every_sample(shipped_bundle, samples):
+    assert len(samples) == 20
+    predictions = predict(shipped_bundle, [img for _, img in samples])
+    wrong = [(label, p.class_name, round(p.probability, 3)) for (label, _), p in zip(samples, predictions) if p.class_name != label]
+    assert not wrong, f"misclassified samples: {wrong}"
+
+
+def test_probabilities_are_a_distribution(shipped_bundle, samples):
+    for prediction in predict(shipped_bundle, [img for _, img in samples[:4]], top_k=10):
+        assert sum(prediction.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+        assert [s.class_name for s in prediction.top_k][0] == prediction.class_name
+        probs = [s.probability for s in prediction.top_k]
+        assert probs == sorted(probs, reverse=True) and len(probs) == 10
+
+
+def test_batch_equals_one_by_one(shipped_bundle, samples):
+    images = [img for _, img in samples[:8]]
+    batched = predict(shipped_bundle, images, top_k=10)
+    for image, together in zip(images, batched):
+        alone = predict(shipped_bundle, [image], top_k=10)[0]
+        assert alone.class_name == together.class_name
+        for name, p in alone.probabilities.items():
+            assert together.probabilities[name] == pytest.approx(p, abs=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "I;16"])
+def test_odd_modes_classify_like_the_original(shipped_bundle, samples, mode):
+    label, image = next((label, img) for label, img in samples if label != "healthy")
+    if mode == "I;16":
+        odd = image.convert("L").point(lambda v: v * 256, "I").convert("I;16")
+        data = encode(odd, "PNG")
+    else:
+        data = encode(image.convert(mode), "TIFF" if mode == "CMYK" else "PNG")
+    if mode in ("L", "LA", "I;16"):
+        # a grey picture has no colour left: we only require a sane, non-crashing answer of the right shape
+        prediction = predict(shipped_bundle, [decode_image(data)])[0]
+        assert prediction.class_name in shipped_bundle.class_names
+    else:
+        assert predict(shipped_bundle, [decode_image(data)])[0].class_name == label
+
+
+@pytest.mark.parametrize("orientation, undo", [(3, Image.Transpose.ROTATE_180), (6, Image.Transpose.ROTATE_90),
+                                               (8, Image.Transpose.ROTATE_270)])
+def test_exif_rotated_files_classify_like_the_original(shipped_bundle, samples, orientation, undo):
+    """A phone stores pixels sideways plus an EXIF tag; after decode_image the leaf is upright again."""
+    label, image = samples[0]
+    stored = image.transpose(undo)  # the sensor's pixel layout for that orientation tag
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    decoded = decode_image(encode(stored, "JPEG", quality=95, exif=exif.tobytes()))
+    assert decoded.size == image.size
+    assert predict(shipped_bundle, [decoded])[0].class_name == label
+
+
+def test_mismatched_head_is_refused(tmp_path):
+    network = build_network(NetworkConfig(num_classes=7))
+    path = tmp_path / "bad.pt"
+    save_bundle(path, network, [f"c{i}" for i in range(10)], [f"C{i}" for i in range(10)], PreprocessConfig())
+    with pytest.raises(ValueError, match="7 outputs but the bundle lists 10 classes"):
+        network_from_bundle(read_bundle(path))
+    with pytest.raises(ValueError):
+        load_bundle(path, device="cpu")
+
+
+def test_bundle_without_required_keys_is_refused(tmp_path):
+    path = tmp_path / "partial.pt"
+    torch.save({"state_dict": {}}, path)
+    with pytest.raises(ValueError, match="not a model bundle"):
+        read_bundle(path)
+
+
+def test_missing_bundle_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model bundle not found"):
+        load_bundle(tmp_path / "nope.pt")
