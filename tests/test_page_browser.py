@@ -1,0 +1,131 @@
+"""End to end, as a person would use it: the real page (`streamlit run streamlit.py`) in real headless Chromium,
+talking over HTTP to a real API on the shipped model. A leaf goes through the page's real file input.
+
+Needs Debian's `chromium` and `chromium-driver` (`make browser` installs them). A screenshot of the finished
+page is written to artifacts/ (git-ignored) for a person to look at.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from support import ROOT, class_of, free_port
+
+from model.data import DISPLAY_NAMES
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+ARTIFACTS = ROOT / "artifacts"
+LEAF = ROOT / "inference_image" / "Early_blight_1.jpg"
+WAIT_S = 120  # the CI machine has 2 cores: Chromium, Streamlit and the API share them
+
+
+def start_page(api_url: str, log_path: Path) -> tuple[subprocess.Popen, str]:
+    """`streamlit run streamlit.py` from the venv next to this interpreter, on a free port, until it is healthy."""
+    port = free_port()
+    streamlit_bin = Path(sys.executable).with_name("streamlit")
+    env = {**os.environ, "TOMATO_API_URL": api_url, "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "w") as log:  # the child keeps its own copy of the file descriptor
+        process = subprocess.Popen(
+            [str(streamlit_bin), "run", "streamlit.py", "--server.port", str(port), "--server.address", "127.0.0.1",
+             "--server.headless", "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + WAIT_S
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"streamlit exited early:\n{log_path.read_text()}")
+        try:
+            if requests.get(url + "/_stcore/health", timeout=2).status_code == 200:
+                return process, url
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.3)
+    process.kill()
+    raise TimeoutError(f"streamlit not healthy after {WAIT_S}s:\n{log_path.read_text()}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def page_url(shipped_server, tmp_path) -> Iterator[str]:
+    process, url = start_page(shipped_server.url, tmp_path / "streamlit.log")
+    try:
+        yield url
+    finally:
+        stop(process)
+
+
+@pytest.fixture
+def browser(tmp_path):
+    """Headless Chromium with the flags a closed network needs (no background lookups, no first-run prompts)."""
+    for path in (CHROMIUM, CHROMEDRIVER):
+        assert path.is_file(), f"{path} is missing: run `make browser` (apt-get install chromium chromium-driver)"
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", "--disable-extensions", "--window-size=1400,1300",
+                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER), log_output=str(tmp_path / "chromedriver.log")),
+                              options=options)
+    driver.set_page_load_timeout(WAIT_S)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_upload_a_leaf_in_a_real_browser(page_url, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, WAIT_S)
+    browser.get(page_url)
+    file_input = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "input[type=file]")))
+    wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "[data-testid=stSidebar]"), "API ready"))
+
+    file_input.send_keys(str(LEAF))  # the browser uploads it to the Streamlit server, as a drag-and-drop would
+    wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "[data-testid=stFileUploader]"), LEAF.name))
+    submit = wait.until(EC.element_to_be_clickable(
+        (By.XPATH, "//button[@kind='primaryFormSubmit' or .//p[normalize-space()='Check leaves']]")))
+    submit.click()
+
+    wait.until(EC.text_to_be_present_in_element((By.TAG_NAME, "h3"), "Results for 1 photo"))
+    wait.until(lambda d: len(d.find_elements(By.TAG_NAME, "h3")) >= 2)
+    headings = [h.text.strip() for h in browser.find_elements(By.TAG_NAME, "h3")]
+    expected = DISPLAY_NAMES[class_of(LEAF)]
+    # every picture loaded (the result photo and the chart), and no script still running, before the screenshot
+    wait.until(lambda d: d.execute_script(
+        "return [...document.images].every(i => i.complete && i.naturalWidth > 0)"
+        " && !document.querySelector('[data-testid=stStatusWidget] button');"))
+    time.sleep(1.0)  # let the top-k chart finish its first paint
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / f"page_{class_of(LEAF)}.png"
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert expected in headings, (headings, body[:2000])
+    assert "Confidence" in body and "What growers usually do" in body
+    assert "Traceback" not in body
