@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 API_PORT ?= 5000
 PAGE_PORT ?= 8501
 
-.PHONY: install browser run api page test smoke bench clean
+.PHONY: install bench-deps browser run api page test smoke bench clean
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -12,6 +12,12 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 install: $(VENV)/.installed
+
+$(VENV)/.installed-bench: bench/requirements.txt $(VENV)/.installed
+	$(PY) -m pip install -q -r bench/requirements.txt
+	touch $@
+
+bench-deps: $(VENV)/.installed-bench  ## TorchServe, locust, ONNX Runtime: benchmarks and their tests
 
 browser:  ## Debian's Chromium + ChromeDriver for the page's end-to-end test
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
@@ -28,8 +34,11 @@ run: install  ## API on :5000 and the page on :8501; Ctrl-C stops both
 	$(PY) flask_server.py --port $(API_PORT) & \
 	TOMATO_API_URL=http://127.0.0.1:$(API_PORT) $(VENV)/bin/streamlit run streamlit.py --server.port $(PAGE_PORT) --server.headless true
 
-test: install browser
+test: install bench-deps browser
 	$(VENV)/bin/pytest
+
+bench: bench-deps  ## the full side-by-side benchmark (about 25 minutes; run it on a quiet machine)
+	$(PY) -m bench.run --duration 20 --out BENCHMARKS.md
 
 smoke: install  ## flask_test.py against a server already running on API_PORT
 	$(PY) flask_test.py --url http://127.0.0.1:$(API_PORT)

@@ -5,9 +5,11 @@ import io
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import requests
@@ -29,6 +31,15 @@ def sample_files() -> list[Path]:
 def class_of(path: Path) -> str:
     """Sample files are named <class>_<n>.jpg."""
     return path.stem.rsplit("_", 1)[0]
+
+
+def png_header_bomb(width: int = 40_000, height: int = 40_000) -> bytes:
+    """A tiny PNG whose header claims an enormous size (Pillow reads the header before any pixel)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def free_port() -> int:

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 from PIL import Image
-from support import encode, sample_files
+from support import encode, png_header_bomb, sample_files
 
 from flask_server import create_app
 
@@ -82,20 +82,6 @@ def _truncated(data: bytes) -> bytes:
     return data[: len(data) // 2]
 
 
-BOMB_PNG = None  # built lazily: a header that claims 40000 x 40000 pixels
-
-
-def _bomb() -> bytes:
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", 40_000, 40_000, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 99)) + chunk(b"IEND", b"")
-
-
 BAD_REQUESTS = [
     # (id, request kwargs builder, status, code)
     ("no-body", lambda leaf: {}, 400, "missing_file"),
@@ -103,7 +89,7 @@ BAD_REQUESTS = [
     ("empty-file-part", lambda leaf: {"data": files((b"", "a.jpg"))}, 400, "empty_file"),
     ("not-an-image", lambda leaf: {"data": files((b"just some text", "notes.txt"))}, 415, "not_an_image"),
     ("truncated", lambda leaf: {"data": files((_truncated(leaf), "half.jpg"))}, 400, "truncated_image"),
-    ("bomb", lambda leaf: {"data": files((_bomb(), "bomb.png"))}, 413, "image_too_large"),
+    ("bomb", lambda leaf: {"data": files((png_header_bomb(), "bomb.png"))}, 413, "image_too_large"),
     ("text-body", lambda leaf: {"data": b"hello", "content_type": "text/plain"}, 415, "unsupported_media_type"),
     ("bad-base64", lambda leaf: {"json": {"image": "!!!not base64!!!"}}, 400, "bad_base64"),
     ("base64-of-junk", lambda leaf: {"json": {"image": base64.b64encode(b"junk").decode()}}, 415, "not_an_image"),

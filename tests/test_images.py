@@ -1,11 +1,8 @@
 """decode_image: every accepted format and mode becomes upright RGB; every bad input is a clear InvalidImage."""
 from __future__ import annotations
 
-import struct
-import zlib
-
 import pytest
-from support import encode, sample_files
+from support import encode, png_header_bomb, sample_files
 from PIL import Image
 
 from inference import InvalidImage, decode_image
@@ -64,15 +61,6 @@ def test_big_jpeg_is_decoded_at_reduced_scale(leaf):
     assert out.size[0] < 4000 and min(out.size) >= 320  # draft mode: 1/2^k scale, never below the draft side
 
 
-def _png_header_bomb(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims an enormous size (Pillow reads the header before any pixel)."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-
-
 def _truncated_jpeg() -> bytes:
     data = sample_files()[0].read_bytes()
     return data[: len(data) // 2]
@@ -85,7 +73,7 @@ def _truncated_jpeg() -> bytes:
         (b"hello, this is text and not a picture", "not_an_image", "not a supported image"),
         (b"%PDF-1.4\n1 0 obj\n<<>>\nendobj\n", "not_an_image", "not a supported image"),
         (_truncated_jpeg(), "truncated_image", "damaged or incomplete"),
-        (_png_header_bomb(40_000, 40_000), "image_too_large", "limit"),
+        (png_header_bomb(), "image_too_large", "limit"),
         (encode(Image.new("RGB", (16, 16)), "ICO"), "not_an_image", "not a supported image"),
     ],
     ids=["empty", "text", "pdf", "truncated", "bomb", "unsupported-format"],
