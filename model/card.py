@@ -43,7 +43,7 @@ def robustness_table(ev: dict) -> str:
     rows = ["| perturbation (whole test split) | accuracy | change (points) |", "| --- | --- | --- |",
             f"| none | {pct(ev['accuracy'])} | |"]
     for name, r in ev["robustness"].items():
-        rows.append(f"| {name} | {pct(r['accuracy'])} | {-r['drop_points']:+.2f} |")
+        rows.append(f"| {name} | {pct(r['accuracy'])} | {-r['drop_points'] + 0.0:+.2f} |")
     return "\n".join(rows)
 
 
