@@ -163,13 +163,13 @@ def register_routes(app: Flask) -> None:
         top_k = parse_top_k(bundle)
         uploads = read_uploads(request, int(current_app.config["MAX_FILES"]))
         decode_started = time.perf_counter()
-        decoded, decode_ms = [], []
-        for upload in uploads:
+        tensors, decode_ms = [], []
+        for upload in uploads:  # decoding happens here, in the request thread, in parallel with the batcher
             started = time.perf_counter()
-            decoded.append(preprocess(bundle, decode_or_error(upload.data, upload.filename)))
+            tensors.append(preprocess(bundle, decode_or_error(upload.data, upload.filename)))
             decode_ms.append((time.perf_counter() - started) * 1000)
         try:
-            futures = batcher.submit_many(decoded, top_k)
+            futures = batcher.submit_many(tensors, top_k)
         except QueueFull as exc:
             raise ApiError(429, "overloaded", f"server is busy ({exc}); retry shortly", {"Retry-After": "1"}) from None
         deadline = decode_started + float(current_app.config["REQUEST_TIMEOUT_S"])
