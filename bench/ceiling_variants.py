@@ -1,0 +1,210 @@
+"""The in-process ceiling, and what moves it: decode + preprocess + one batched forward + postprocess, no HTTP.
+
+    python -m bench.ceiling_variants --model trained_model/tomato_leaf_lite0.pt --duration 8 --json out.json
+
+Variants (each runs in its own fresh Python process, so thread settings and compiled code never leak):
+  eager            what the server does: eager PyTorch, channels_last, torch threads = cores, JPEG draft on
+  contiguous       eager without channels_last
+  threads-1        eager with torch.set_num_threads(1)
+  torchscript      torch.jit.trace + torch.jit.freeze (what TorchServe runs)
+  compile          torch.compile (inductor, static shapes; compile time reported separately)
+  onnxruntime      torch.onnx.export + ONNX Runtime CPU, intra-op threads = cores
+  onnxruntime-t1   ONNX Runtime with one intra-op thread
+  no-draft         eager, but JPEGs decoded at full size (decode_image(draft_side=None))
+Each variant reports images/s for every batch size and the time per image of each stage.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+VARIANTS = ("eager", "contiguous", "threads-1", "torchscript", "compile", "onnxruntime", "onnxruntime-t1", "no-draft")
+DEFAULT_VARIANTS = VARIANTS
+
+
+def export_onnx(network, path: Path, image_size: int) -> Path:
+    """Export the bundle's network to ONNX with a dynamic batch dimension (input "images", output "logits")."""
+    import torch
+
+    example = torch.zeros(2, 3, image_size, image_size)
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    program = torch.onnx.export(
+        network.eval(), (example,), None, input_names=["images"], output_names=["logits"],
+        dynamic_shapes={"x": {0: batch}}, dynamo=True, optimize=True, verbose=False,
+    )
+    program.save(str(path))
+    return path
+
+
+def ort_session(path: Path, threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def build_forward(variant: str, bundle, work: Path, batch_sizes: list[int]) -> tuple[Callable, dict]:
+    """Return forward(batch tensor) -> probabilities, and facts about the setup (threads, compile time...)."""
+    import torch
+
+    from inference.predict import forward
+
+    cores = os.cpu_count() or 1
+    threads = 1 if variant == "threads-1" else cores
+    torch.set_num_threads(threads)
+    info: dict = {"torch_threads": threads}
+    network = bundle.network
+    side = bundle.preprocess.image_size
+    temperature = bundle.temperature
+    started = time.perf_counter()
+    if variant in ("eager", "threads-1", "no-draft"):
+        fn = lambda batch: forward(bundle, batch)  # noqa: E731  (the server's own forward)
+    elif variant == "contiguous":
+        network.to(memory_format=torch.contiguous_format)
+
+        def fn(batch):
+            with torch.inference_mode():
+                return torch.softmax(network(batch.contiguous()) / temperature, dim=1)
+    elif variant == "torchscript":
+        with torch.no_grad():
+            example = torch.zeros(1, 3, side, side).contiguous(memory_format=torch.channels_last)
+            scripted = torch.jit.freeze(torch.jit.trace(network.eval(), example))
+
+        def fn(batch):
+            with torch.inference_mode():
+                return torch.softmax(scripted(batch.contiguous(memory_format=torch.channels_last)) / temperature, dim=1)
+    elif variant == "compile":
+        compiled = torch.compile(network, dynamic=False)
+
+        def fn(batch):
+            with torch.inference_mode():
+                return torch.softmax(compiled(batch.contiguous(memory_format=torch.channels_last)) / temperature, dim=1)
+    elif variant.startswith("onnxruntime"):
+        path = export_onnx(network.to(memory_format=torch.contiguous_format), work / "model.onnx", side)
+        info["onnx_export_s"] = round(time.perf_counter() - started, 1)
+        ort_threads = 1 if variant.endswith("-t1") else cores
+        info["ort_threads"] = ort_threads
+        session = ort_session(path, ort_threads)
+
+        def fn(batch):
+            logits = torch.from_numpy(session.run(["logits"], {"images": batch.contiguous().numpy()})[0])
+            return torch.softmax(logits / temperature, dim=1)
+    else:
+        raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
+    for size in batch_sizes:  # warm-up, and for `compile` the compilation of each static shape
+        fn(torch.zeros(size, 3, side, side))
+        fn(torch.zeros(size, 3, side, side))
+    info["setup_s"] = round(time.perf_counter() - started, 1)
+    return fn, info
+
+
+def measure_one(variant: str, model: Path, inputs: dict[str, Path], batch_sizes: list[int], duration_s: float,
+                work: Path) -> list[dict]:
+    """Run inside a fresh process: every (input, batch size) for `duration_s` each."""
+    import torch
+
+    from inference import decode_image, load_bundle
+    from inference.predict import postprocess, preprocess
+
+    bundle = load_bundle(model, device="cpu", warmup=True)
+    fn, info = build_forward(variant, bundle, work, batch_sizes)
+    draft = None if variant == "no-draft" else 320
+    draft_kw = {"draft_side": None} if draft is None else {}
+    rows = []
+    for name, path in inputs.items():
+        data = path.read_bytes()
+        for size in batch_sizes:
+            stage = {"decode": 0.0, "preprocess": 0.0, "forward": 0.0, "postprocess": 0.0}
+            images = iterations = 0
+            deadline = time.perf_counter() + duration_s
+            first = time.perf_counter()
+            while time.perf_counter() < deadline and iterations < 100_000:
+                t0 = time.perf_counter()
+                decoded = [decode_image(data, **draft_kw) for _ in range(size)]
+                t1 = time.perf_counter()
+                batch = torch.stack([preprocess(bundle, img) for img in decoded])
+                t2 = time.perf_counter()
+                probabilities = fn(batch)
+                t3 = time.perf_counter()
+                postprocess(bundle, probabilities, 3)
+                t4 = time.perf_counter()
+                for key, value in zip(stage, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                    stage[key] += value
+                images += size
+                iterations += 1
+            elapsed = time.perf_counter() - first
+            rows.append({
+                "variant": variant, "input": name, "batch": size, "images": images,
+                "images_per_s": images / elapsed,
+                **{f"{k}_ms_per_image": 1000 * v / max(images, 1) for k, v in stage.items()},
+                **info,
+            })
+    return rows
+
+
+def run_variants(variants: list[str], model: Path, inputs: dict[str, Path], batch_sizes: list[int],
+                 duration_s: float, work: Path, nice: int = 0, timeout_s: float = 1800) -> list[dict]:
+    """Each variant in its own subprocess; a variant that fails yields a row with its error instead."""
+    rows: list[dict] = []
+    work.mkdir(parents=True, exist_ok=True)
+    for variant in variants:
+        out = work / f"variant-{variant}.json"
+        out.unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "bench.ceiling_variants", "--one", variant, "--model", str(model),
+               "--batches", ",".join(map(str, batch_sizes)), "--duration", str(duration_s), "--json", str(out),
+               "--work", str(work), *sum((["--input", f"{k}={v}"] for k, v in inputs.items()), [])]
+        if nice:
+            cmd = ["nice", "-n", str(nice), *cmd]
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
+        if done.returncode == 0 and out.exists():
+            rows.extend(json.loads(out.read_text()))
+        else:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+            rows.append({"variant": variant, "error": " | ".join(tail)[-400:]})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=ROOT / "trained_model" / "tomato_leaf_lite0.pt")
+    parser.add_argument("--input", action="append", default=[], help="NAME=PATH (default: generated leaf and phone)")
+    parser.add_argument("--batches", default="1,16")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per input and batch size")
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: measure one variant here
+    parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    batches = [int(b) for b in args.batches.split(",")]
+    import tempfile
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="ceiling-"))
+    if args.input:
+        inputs = {k: Path(v) for k, v in (item.split("=", 1) for item in args.input)}
+    else:
+        from bench.inputs import prepare_inputs
+
+        inputs = {k: v.path for k, v in prepare_inputs(work / "inputs").items()}
+    if args.one:
+        rows = measure_one(args.one, args.model, inputs, batches, args.duration, work)
+    else:
+        rows = run_variants(args.variants.split(","), args.model, inputs, batches, args.duration, work)
+        for row in rows:
+            print(json.dumps(row))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

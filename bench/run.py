@@ -1,0 +1,254 @@
+"""One command for the whole benchmark: our server vs. the alternatives, same model, image and machine.
+
+    .venv/bin/python -m bench.run --duration 20 --out BENCHMARKS.md
+
+For each system (ours, the seed-tutorial baseline, TorchServe 0.12) it starts the server on free loopback
+ports, loads it with 1, 4, 16 and 64 closed-loop clients per input (a 256-px leaf and a 12-MP phone JPEG),
+records req/s, p50/p95/p99 latency and errors by status, and stops what it started. Then it measures the
+in-process ceiling (no HTTP), the ceiling variants (bench/ceiling_variants.py) and the locust overload ramp
+(bench/overload.py), and writes BENCHMARKS.md plus bench/throughput_latency.png. See bench/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from bench import systems
+from bench.inputs import BenchInput, prepare_inputs
+from bench.loadgen import LoadResult, run_load
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = ROOT / "trained_model" / "tomato_leaf_lite0.pt"
+SYSTEMS = ("ours", "baseline", "torchserve", "ceiling")
+
+
+def bench_server(server: systems.ServerProcess, inputs: dict[str, BenchInput], clients: list[int],
+                 duration_s: float, warmup_s: float, ready_timeout_s: float = 240.0) -> list[LoadResult]:
+    """Start `server`, run every (input, clients) point, stop it. A server that fails yields error rows."""
+    rows: list[LoadResult] = []
+    try:
+        server.start()
+        started = time.time()
+        server.wait_ready(ready_timeout_s)
+        ready_s = time.time() - started
+        for name, item in inputs.items():
+            data = item.read()
+            # prime every shape/code path once (TorchScript re-optimises per batch shape) before measuring
+            run_load(server.predict_url, data, max(clients), min(3.0, warmup_s + 1), server.build, warmup_s=0)
+            for count in clients:
+                result = run_load(server.predict_url, data, count, duration_s, server.build, warmup_s=warmup_s,
+                                  system=server.name, input_name=name)
+                result.note = f"ready after {ready_s:.1f}s"
+                rows.append(result)
+                print(f"  {server.name:10s} {name:6s} c={count:3d} {result.throughput:8.1f} req/s "
+                      f"p50={_fmt(result.p50_ms)} p99={_fmt(result.p99_ms)} errors={result.errors}", flush=True)
+    except Exception as exc:  # keep going with the other systems; the report says what happened
+        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        print(f"  {server.name}: FAILED {reason}\n{server.log_tail(2000)}", file=sys.stderr, flush=True)
+        rows.append(LoadResult(server.name, "-", 0, duration_s, 0, {"failed": 1}, note=reason))
+    finally:
+        server.stop()
+    return rows
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}ms"
+
+
+def ceiling_rows(model: Path, inputs: dict[str, BenchInput], clients: list[int], max_batch: int,
+                 duration_s: float, work: Path, nice: int) -> list[LoadResult]:
+    """In-process ceiling at the batch size each concurrency allows (min(clients, max batch)), as images/s."""
+    from bench.ceiling_variants import run_variants
+
+    batches = sorted({min(c, max_batch) for c in clients})
+    measured = run_variants(["eager"], model, {k: v.path for k, v in inputs.items()}, batches, duration_s,
+                            work / "ceiling", nice=nice)
+    if measured and "error" in measured[0]:
+        return [LoadResult("ceiling", "-", 0, duration_s, 0, {"failed": 1}, note=measured[0]["error"])]
+    by_key = {(r["input"], r["batch"]): r for r in measured}
+    rows = []
+    for name in inputs:
+        for count in clients:
+            r = by_key[(name, min(count, max_batch))]
+            rows.append(LoadResult("ceiling", name, count, duration_s, r["images"], {}, r["images_per_s"],
+                                   note=f"batch {r['batch']}"))
+    return rows
+
+
+def machine_info() -> dict:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    def ver(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    mem_kib = int(next(line for line in meminfo if line.startswith("MemTotal")).split()[1])
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    try:
+        import subprocess
+
+        java = subprocess.run(["java", "-version"], capture_output=True, text=True, timeout=30).stderr.splitlines()[0]
+    except Exception:
+        java = "not found"
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(mem_kib / 1024 / 1024, 1),
+        "os": platform.platform(), "python": platform.python_version(), "java": java,
+        "loadavg_at_start": os.getloadavg(),
+        **{pkg: ver(pkg) for pkg in ("torch", "torchvision", "flask", "gunicorn", "pillow", "requests", "torchserve",
+                                     "torch-model-archiver", "onnxruntime", "onnx", "locust", "matplotlib")},
+    }
+
+
+def cpu_jiffies() -> tuple[int, int]:
+    """(busy jiffies of the whole machine, jiffies used by this process and its reaped children)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    busy = sum(fields) - fields[3] - fields[4]  # minus idle and iowait
+    own = [int(x) for x in Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[11:15]]
+    return busy, sum(own)  # utime, stime, cutime, cstime
+
+
+def parse_env(items: list[str]) -> dict[str, str]:
+    env = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if not key.startswith(("TOMATO_", "OMP_", "MKL_")):
+            raise SystemExit(f"--ours-env takes TOMATO_*/OMP_*/MKL_*=VALUE, got {item!r}")
+        env[key] = value
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model bundle (.pt) every system serves")
+    parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per (system, input, clients)")
+    parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each point")
+    parser.add_argument("--clients", default="1,4,16,64", help="concurrency levels")
+    parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"subset of {','.join(SYSTEMS)}")
+    parser.add_argument("--inputs", default="leaf,phone", help="subset of leaf,phone")
+    parser.add_argument("--baseline-server", choices=("gunicorn", "flask"), default="gunicorn")
+    parser.add_argument("--ours-env", action="append", default=[], metavar="TOMATO_X=V",
+                        help="knob for our server (repeatable), e.g. TOMATO_BATCH_WAIT_MS=5")
+    parser.add_argument("--ours-experiment", default="", metavar="ARGS",
+                        help='run ours through bench/ours_experimental.py, e.g. "--forward onnxruntime"')
+    parser.add_argument("--ts-batch-size", type=int, default=16)
+    parser.add_argument("--ts-max-batch-delay", type=int, default=5, help="TorchServe maxBatchDelay (ms)")
+    parser.add_argument("--ts-stock-transform", action="store_true", help="TorchServe with the ImageNet transform")
+    parser.add_argument("--variants", default="all", help="ceiling variants to measure: all, none, or a list")
+    parser.add_argument("--variant-duration", type=float, default=8.0, help="seconds per variant/input/batch")
+    parser.add_argument("--overload", default="200,20,60", help="locust USERS,RATE,SECONDS, or 'none'")
+    parser.add_argument("--overload-rounds", type=int, default=2, help="ramps on the same server (RSS plateau vs. leak)")
+    parser.add_argument("--nice", type=int, default=0, help="run every process we start under nice -n N")
+    parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--chart", type=Path, default=ROOT / "bench" / "throughput_latency.png")
+    parser.add_argument("--json", type=Path, default=None, help="also write the raw results here")
+    parser.add_argument("--work", type=Path, default=None, help="temp folder (default: a new one in /tmp)")
+    args = parser.parse_args(argv)
+
+    from bench import overload, report
+    from bench.ceiling_variants import DEFAULT_VARIANTS, run_variants
+
+    if args.nice:
+        os.nice(args.nice)  # children inherit it
+    if not args.model.is_file():
+        raise SystemExit(f"model bundle not found: {args.model}")
+    work = args.work or Path(tempfile.mkdtemp(prefix="tomato-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    clients = [int(c) for c in args.clients.split(",")]
+    chosen = [s for s in args.systems.split(",") if s]
+    unknown = set(chosen) - set(SYSTEMS)
+    if unknown:
+        raise SystemExit(f"unknown systems {sorted(unknown)}")
+    ours_env = parse_env(args.ours_env)
+    max_batch = int(ours_env.get("TOMATO_MAX_BATCH_SIZE", 16))  # flask_server.py's default
+    started = time.time()
+    jiffies_start = cpu_jiffies()
+    info = machine_info()
+    inputs = prepare_inputs(work / "inputs", tuple(args.inputs.split(",")))
+    print(f"work dir {work}; inputs: " + "; ".join(f"{k}: {v.describe()}" for k, v in inputs.items()), flush=True)
+
+    rows: list[LoadResult] = []
+    notes: dict[str, list[str]] = {}
+    for name in chosen:
+        if name == "ceiling":
+            continue
+        if name == "ours":
+            server = systems.ours(args.model, work, ours_env, experiment=shlex.split(args.ours_experiment))
+        elif name == "baseline":
+            server = systems.baseline(args.model, work, args.baseline_server)
+        else:
+            try:
+                server = systems.torchserve(args.model, work, args.ts_batch_size, args.ts_max_batch_delay,
+                                            stock_transform=args.ts_stock_transform)
+            except Exception as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+                print(f"  torchserve: could not be prepared: {reason}", file=sys.stderr, flush=True)
+                rows.append(LoadResult("torchserve", "-", 0, args.duration, 0, {"failed": 1}, note=reason[:500]))
+                continue
+        notes[name] = server.notes
+        print(f"{server.label}: {'; '.join(server.notes)}", flush=True)
+        rows.extend(bench_server(server, inputs, clients, args.duration, args.warmup))
+    if "ceiling" in chosen:
+        print("in-process ceiling ...", flush=True)
+        rows.extend(ceiling_rows(args.model, inputs, clients, max_batch, min(args.duration, 10.0), work, 0))
+        notes["ceiling"] = [f"decode + preprocess + one forward of min(clients, {max_batch}) images + postprocess, "
+                            "one thread driving, torch threads = cores, no HTTP; reported as images/s"]
+
+    variant_rows: list[dict] = []
+    if args.variants != "none":
+        names = list(DEFAULT_VARIANTS) if args.variants == "all" else args.variants.split(",")
+        print(f"ceiling variants {names} ...", flush=True)
+        variant_rows = run_variants(names, args.model, {k: v.path for k, v in inputs.items()}, [1, max_batch],
+                                    args.variant_duration, work / "variants")
+
+    overload_summary = None
+    if args.overload != "none":
+        users, rate, seconds = (int(x) for x in args.overload.split(","))
+        print(f"locust overload ramp: {users} users at {rate}/s for {seconds}s ...", flush=True)
+        overload_summary = overload.run_overload(args.model, inputs["leaf"].path, work / "overload", users, rate,
+                                                 seconds, ours_env, rounds=args.overload_rounds)
+
+    busy, own = (end - start for end, start in zip(cpu_jiffies(), jiffies_start))
+    hz = os.sysconf("SC_CLK_TCK")
+    elapsed = time.time() - started
+    info["foreign_cpu_s"] = round(max(0, busy - own) / hz)  # CPU used by processes this run did not start
+    info["foreign_cpu_share"] = round(max(0, busy - own) / hz / (elapsed * (os.cpu_count() or 1)), 3)
+    info["loadavg_at_end"] = os.getloadavg()
+    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "-m", "bench.run", *(argv or sys.argv[1:])])
+    results = {
+        "command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
+        "elapsed_s": round(time.time() - started), "machine": info, "model": str(args.model),
+        "model_sha256": _sha256(args.model), "inputs": {k: v.describe() for k, v in inputs.items()},
+        "clients": clients, "duration_s": args.duration, "warmup_s": args.warmup, "notes": notes,
+        "ours_env": ours_env, "max_batch": max_batch, "rows": [asdict(r) for r in rows],
+        "variants": variant_rows, "overload": overload_summary,
+    }
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    (work / "results.json").write_text(json.dumps(results, indent=1))
+    if args.chart:
+        report.plot(results, args.chart)
+    report.write_markdown(results, args.out, chart=args.chart)
+    print(f"wrote {args.out}" + (f" and {args.chart}" if args.chart else "") + f"; raw results {work / 'results.json'}")
+    return 0
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

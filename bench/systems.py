@@ -1,0 +1,244 @@
+"""Start and stop the HTTP systems under test, each on free loopback ports, each in its own process group.
+
+Every system is a `ServerProcess`: a command, a readiness check, the predict URL and how to send an image.
+`stop()` ends only the process group this module started (SIGTERM, then SIGKILL after a grace period).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import requests
+
+from bench.loadgen import RequestBuilder, multipart_file, raw_body
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+SERVER_THREADS = 32  # flask_server.py's default --threads; the baseline gets the same
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def vm_rss_kib(pid: int) -> int | None:
+    """Resident memory of one process from /proc/PID/status (KiB), or None when it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+@dataclass
+class ServerProcess:
+    name: str  # short key: ours, baseline, torchserve
+    label: str  # what the report calls it
+    cmd: list[str]
+    predict_url: str
+    ready: Callable[[], bool]  # True once the system answers predictions
+    build: RequestBuilder = multipart_file
+    env: dict[str, str] = field(default_factory=dict)
+    log_path: Path | None = None
+    notes: list[str] = field(default_factory=list)  # how it was configured, for the report
+    process: subprocess.Popen | None = None
+
+    def start(self) -> "ServerProcess":
+        log = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL
+        self.process = subprocess.Popen(
+            self.cmd, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def wait_ready(self, timeout: float = 180.0) -> "ServerProcess":
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited early with {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                if self.ready():
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"{self.name} not ready after {timeout:.0f}s:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 3000) -> str:
+        if self.log_path and self.log_path.exists():
+            return self.log_path.read_text(errors="replace")[-chars:]
+        return ""
+
+    def stop(self, grace_s: float = 30.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        pgid = self.process.pid  # start_new_session: the group id is our child's pid
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+            self.process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(pgid, signal.SIGKILL)
+            self.process.wait(10)
+        except ProcessLookupError:
+            pass
+        # children (e.g. TorchServe's Python workers) may outlive the leader for a moment
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _status_ok(url: str) -> Callable[[], bool]:
+    return lambda: requests.get(url, timeout=2).status_code == 200
+
+
+def ours(model: Path, tmp: Path, env: dict[str, str] | None = None, threads: int = SERVER_THREADS,
+         experiment: list[str] | None = None) -> ServerProcess:
+    """flask_server.py exactly as documented (gunicorn, 1 process, gthread), on a free port.
+
+    `experiment` (e.g. ["--forward", "onnxruntime"]) runs it through bench/ours_experimental.py instead: the same
+    server with one proposed change applied, for measuring before anyone edits flask_server.py."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {"TOMATO_FEEDBACK_DIR": str(tmp / "feedback"), **(env or {})}
+    knobs = " ".join(f"{k}={v}" for k, v in sorted(env.items()) if k != "TOMATO_FEEDBACK_DIR") or "defaults"
+    script = ["bench/ours_experimental.py", *experiment] if experiment else ["flask_server.py"]
+    return ServerProcess(
+        name="ours", label="ours (flask_server.py)" + (f" EXPERIMENT {' '.join(experiment)}" if experiment else ""),
+        cmd=[PYTHON, *script, "--port", str(port), "--model", str(model), "--threads", str(threads)],
+        predict_url=base + "/predict", ready=_status_ok(base + "/readyz"), env=env,
+        log_path=tmp / f"ours-{port}.log",
+        notes=[f"gunicorn 1 process x {threads} gthread threads, micro-batcher; env: {knobs}"
+               + (f"; EXPERIMENT bench/ours_experimental.py {' '.join(experiment)}" if experiment else "")],
+    )
+
+
+def baseline(model: Path, tmp: Path, server: str = "gunicorn", threads: int = SERVER_THREADS) -> ServerProcess:
+    """bench/baseline_server.py: the tutorial Flask app, one forward per request."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    how = (f"gunicorn 1 process x {threads} gthread threads (same settings as ours)" if server == "gunicorn"
+           else "Flask's threaded development server (app.run(threaded=True))")
+    return ServerProcess(
+        name="baseline", label="seed-tutorial baseline",
+        cmd=[PYTHON, "bench/baseline_server.py", "--port", str(port), "--model", str(model), "--server", server,
+             "--threads", str(threads)],
+        predict_url=base + "/predict", ready=_status_ok(base + "/ping"), log_path=tmp / f"baseline-{port}.log",
+        notes=[f"{how}; one forward per request in the request thread; torch threads = cores"],
+    )
+
+
+def export_torchscript(model: Path, out: Path) -> dict:
+    """Trace the bundle's network to TorchScript (`out`, a .pt) and return its preprocessing and labels."""
+    code = (
+        "import json, sys, torch\n"
+        "from inference import load_bundle\n"
+        "b = load_bundle(sys.argv[1], device='cpu', warmup=False)\n"
+        "s = b.preprocess.image_size\n"
+        "with torch.no_grad():\n"
+        "    ts = torch.jit.trace(b.network.eval(), torch.zeros(1, 3, s, s).contiguous(memory_format=torch.channels_last))\n"
+        "ts.save(sys.argv[2])\n"
+        "print(json.dumps({'preprocess': b.preprocess.to_dict(), 'class_names': b.class_names}))\n"
+    )
+    done = subprocess.run([PYTHON, "-c", code, str(model), str(out)], cwd=ROOT, capture_output=True, text=True,
+                          check=True, timeout=300)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def torchserve(model: Path, tmp: Path, batch_size: int = 16, max_batch_delay_ms: int = 5, workers: int = 1,
+               stock_transform: bool = False) -> ServerProcess:
+    """TorchServe 0.12 with the stock image_classifier handler (transform matched to ours unless
+    `stock_transform`), the bundle traced to TorchScript, and dynamic batching in the model config."""
+    exe = shutil.which("torchserve", path=str(Path(PYTHON).parent)) or shutil.which("torchserve")
+    archiver = shutil.which("torch-model-archiver", path=str(Path(PYTHON).parent)) or shutil.which("torch-model-archiver")
+    if not exe or not archiver:
+        raise RuntimeError("torchserve / torch-model-archiver not installed (pip install -r bench/requirements.txt)")
+    if not shutil.which("java"):
+        raise RuntimeError("TorchServe needs Java 11+ on PATH")
+    work = tmp / "torchserve"
+    store = work / "model_store"
+    shutil.rmtree(work, ignore_errors=True)
+    store.mkdir(parents=True)
+    meta = export_torchscript(model, work / "tomato.pt")
+    (work / "preprocess.json").write_text(json.dumps(meta["preprocess"]))
+    (work / "index_to_name.json").write_text(json.dumps({str(i): n for i, n in enumerate(meta["class_names"])}))
+    (work / "model-config.yaml").write_text(
+        f"minWorkers: {workers}\nmaxWorkers: {workers}\nbatchSize: {batch_size}\nmaxBatchDelay: {max_batch_delay_ms}\n"
+        "responseTimeout: 120\n"
+    )
+    handler = "image_classifier" if stock_transform else str(ROOT / "bench" / "torchserve_handler.py")
+    extra = [str(work / "index_to_name.json")] + ([] if stock_transform else [str(work / "preprocess.json")])
+    subprocess.run(
+        [archiver, "--model-name", "tomato", "--version", "1.0", "--serialized-file", str(work / "tomato.pt"),
+         "--handler", handler, "--extra-files", ",".join(extra), "--config-file", str(work / "model-config.yaml"),
+         "--export-path", str(store), "--force"],
+        cwd=work, check=True, capture_output=True, timeout=300,
+    )
+    ports = {k: free_port() for k in ("inference", "management", "metrics", "grpc_i", "grpc_m", "worker", "dist")}
+    (work / "config.properties").write_text("\n".join([
+        f"inference_address=http://127.0.0.1:{ports['inference']}",
+        f"management_address=http://127.0.0.1:{ports['management']}",
+        f"metrics_address=http://127.0.0.1:{ports['metrics']}",
+        f"grpc_inference_port={ports['grpc_i']}",
+        f"grpc_management_port={ports['grpc_m']}",
+        f"initial_worker_port={ports['worker']}",
+        f"initial_distribution_port={ports['dist']}",
+        f"model_store={store}",
+        "load_models=tomato.mar",
+        "disable_token_authorization=true",
+        "install_py_dep_per_model=false",
+        "disable_system_metrics=true",
+        f"default_workers_per_model={workers}",
+        f"max_request_size={20 * 1024 * 1024}",  # same upload limit as ours (TorchServe's default is 6.5 MB)
+        f"python={PYTHON}",
+        "",
+    ]))
+    logs = work / "logs"
+    logs.mkdir()
+    management = f"http://127.0.0.1:{ports['management']}/models/tomato"
+
+    def ready() -> bool:
+        answer = requests.get(management, timeout=2)
+        if answer.status_code != 200:
+            return False
+        workers_info = answer.json()[0].get("workers", [])
+        return bool(workers_info) and all(w.get("status") == "READY" for w in workers_info)
+
+    transform = ("stock ImageNet transform (resize 256, crop 224, ImageNet mean/std)" if stock_transform else
+                 "stock image_classifier with only the transform replaced to match ours (bench/torchserve_handler.py)")
+    return ServerProcess(
+        name="torchserve", label="TorchServe 0.12",
+        cmd=[exe, "--start", "--foreground", "--ncs", "--model-store", str(store),
+             "--ts-config", str(work / "config.properties"), "--disable-token-auth"],
+        predict_url=f"http://127.0.0.1:{ports['inference']}/predictions/tomato", ready=ready, build=raw_body,
+        env={"LOG_LOCATION": str(logs), "METRICS_LOCATION": str(logs), "TEMP": str(work)},
+        log_path=tmp / f"torchserve-{ports['inference']}.log",
+        notes=[f"TorchScript (torch.jit.trace) model, {transform}; batchSize={batch_size}, "
+               f"maxBatchDelay={max_batch_delay_ms} ms, {workers} worker(s); full-size JPEG decode (no draft); "
+               "system metrics off; image sent as raw body"],
+    )

@@ -1,0 +1,73 @@
+"""Quick smoke of the benchmark runner (bench/): real server, tiny model, seconds not minutes.
+
+No timing assertions: only that the runner measures something, counts errors, stops what it started,
+and that the report writer produces the tables and the chart.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from bench import report, systems
+from bench.inputs import prepare_inputs
+from bench.loadgen import LoadResult, percentile
+from bench.run import bench_server
+
+
+def test_runner_measures_our_server_and_stops_it(tiny_bundle_path, tmp_path):
+    inputs = prepare_inputs(tmp_path / "inputs", ("leaf",))
+    server = systems.ours(tiny_bundle_path, tmp_path, {"TOMATO_TORCH_THREADS": "1"})
+    rows = bench_server(server, inputs, clients=[1, 4], duration_s=2.0, warmup_s=0.5)
+
+    assert server.process is not None and server.process.poll() is not None, "the runner must stop the server"
+    assert [(r.system, r.input, r.clients) for r in rows] == [("ours", "leaf", 1), ("ours", "leaf", 4)], rows
+    for row in rows:
+        assert row.throughput > 0, row
+        assert row.errors == {}, row
+        assert row.p50_ms is not None and row.p50_ms <= row.p95_ms <= row.p99_ms <= row.max_ms
+
+
+def test_runner_reports_a_server_that_cannot_start(tmp_path):
+    missing = tmp_path / "no-such-model.pt"
+    inputs = prepare_inputs(tmp_path / "inputs", ("leaf",))
+    rows = bench_server(systems.baseline(missing, tmp_path), inputs, clients=[1], duration_s=1.0, warmup_s=0.1,
+                        ready_timeout_s=60)
+    assert len(rows) == 1 and rows[0].errors == {"failed": 1} and rows[0].note
+
+
+def test_percentile_nearest_rank():
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50 and percentile(values, 99) == 99 and percentile(values, 100) == 100
+    assert percentile([], 50) is None
+
+
+def test_report_writes_tables_targets_and_chart(tmp_path):
+    rows = []
+    for system, tput in (("ours", 40.0), ("baseline", 15.0), ("torchserve", 20.0), ("ceiling", 44.0)):
+        for clients in (1, 16, 64):
+            p = None if system == "ceiling" else 100.0
+            rows.append(asdict(LoadResult(system, "leaf", clients, 2.0, int(tput * 2), {"429": 3} if clients == 64 and
+                                          system == "ours" else {}, tput, p, p, p, p)))
+    results = {
+        "command": "python -m bench.run --duration 2", "started": "today", "elapsed_s": 60,
+        "machine": {"cpu": "test cpu", "cores": 2, "ram_gib": 1.0, "os": "linux", "loadavg_at_start": (0.1, 0.1, 0.1),
+                    "python": "3", "java": "java", **{k: "1" for k in ("torch", "torchvision", "flask", "gunicorn",
+                    "pillow", "requests", "torchserve", "torch-model-archiver", "onnxruntime", "onnx", "locust")}},
+        "model": "tiny.pt", "model_sha256": "abc", "inputs": {"leaf": "256x256 JPEG"}, "clients": [1, 16, 64],
+        "duration_s": 2.0, "warmup_s": 1.0, "notes": {"ours": ["gunicorn"]}, "rows": rows,
+        "variants": [{"variant": "eager", "input": "leaf", "batch": 16, "images": 10, "images_per_s": 44.0,
+                      "decode_ms_per_image": 1.0, "preprocess_ms_per_image": 1.0, "forward_ms_per_image": 20.0,
+                      "postprocess_ms_per_image": 0.1, "setup_s": 1.0},
+                     {"variant": "compile", "error": "no compiler"}],
+        "overload": None,
+    }
+    out = tmp_path / "BENCHMARKS.md"
+    out.write_text(f"old\n{report.NOTES_START}\nkeep me\n{report.NOTES_END}\n")
+    chart = tmp_path / "chart.png"
+    report.plot(results, chart)
+    text = report.write_markdown(results, out, chart)
+
+    assert chart.stat().st_size > 1000
+    assert "| ours (flask_server.py) | 16 | 40.0 |" in text
+    assert "| leaf | 40.0 | 15.0 | 20.0 | 44.0 | 2.67× | 2.00× | 0.91× |" in text
+    assert "429: 3" in text and "keep me" in text and "chart.png" in text
+    assert "| compile | – | – | failed |" in text
