@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from model.bundle import save_bundle
+from model.bundle import read_bundle, save_bundle
 from model.calibration import fit_temperature
 from model.data import DISPLAY_NAMES, TensorImageDataset, class_names_of, load_images, read_manifest, read_split, write_split
 from model.network import NetworkConfig, build_network, load_pretrained_backbone
@@ -91,7 +91,10 @@ def main(argv: list[str] | None = None) -> None:
     preprocess = PreprocessConfig(image_size=args.image_size, resize_size=args.image_size)
     network = build_network(NetworkConfig(num_classes=len(class_names)))
     if args.init_from:
-        network.load_state_dict(torch.load(args.init_from, map_location="cpu", weights_only=True)["state_dict"])
+        start = read_bundle(args.init_from)
+        if list(start["class_names"]) != class_names:
+            raise SystemExit(f"{args.init_from} was trained on classes {start['class_names']}, not {class_names}")
+        network.load_state_dict(start["state_dict"])
         print(f"initialised from {args.init_from}", flush=True)
     elif not args.scratch:
         print(f"loaded {load_pretrained_backbone(network)} pretrained tensors", flush=True)

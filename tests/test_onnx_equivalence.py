@@ -6,23 +6,17 @@ calibrated probabilities and the same top class.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
+from support import sample_files  # noqa: E402
+
 from bench.ceiling_variants import export_onnx, ort_session  # noqa: E402
 from inference import decode_image  # noqa: E402
 from inference.predict import forward, preprocess  # noqa: E402
-
-SAMPLES = Path(__file__).resolve().parent.parent / "inference_image"
-
-
-def sample_files() -> list[Path]:
-    return sorted(SAMPLES.glob("*.jpg"))
 
 
 @pytest.fixture(scope="module")

@@ -56,3 +56,18 @@ def test_training_runs_writes_split_and_bundle_and_resumes(tmp_path):
     raw = torch.load(out / "bundle.pt", weights_only=True)
     assert [h["epoch"] for h in raw["metrics"]["history"]] == [1, 2]
     assert raw["preprocess"]["image_size"] == 64 and len(raw["class_names"]) == 10
+
+
+@needs_data
+def test_init_from_a_bundle_with_other_classes_is_refused(tmp_path):
+    from model.bundle import save_bundle
+    from model.transforms import PreprocessConfig
+
+    other = tmp_path / "other.pt"
+    names = [f"plant_{i}" for i in range(10)]
+    save_bundle(other, build_network(NetworkConfig(num_classes=10)), names, names, PreprocessConfig(64, 64))
+    result = subprocess.run([sys.executable, "-m", "model.train", "--data", str(DATA_ROOT), "--out", str(tmp_path / "run"),
+                             "--limit", "16", "--epochs", "1", "--image-size", "64", "--workers", "0",
+                             "--init-from", str(other)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert "was trained on classes" in result.stderr
