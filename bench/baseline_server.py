@@ -3,12 +3,13 @@
 One forward per request, run directly in whichever request thread received the upload: no batcher, no
 queue bound, no deadline, no validation beyond what decoding needs. It uses the same model bundle and the
 same inference helpers as our server (`inference.load_bundle`, `decode_image`, `predict` on a list of one
-image), so the only difference measured is how requests reach the model.
+image) with eager PyTorch as the tutorial has it, so what differs is how requests reach the model and the
+forward engine (ours: ONNX Runtime; `TOMATO_BACKEND=eager` on ours isolates the first).
 
     python bench/baseline_server.py --port 5001 --model trained_model/tomato_leaf_lite0.pt            # gunicorn
     python bench/baseline_server.py --port 5001 --model ... --server flask    # Flask's threaded dev server
 
-`--server gunicorn` (default) uses the same gunicorn settings as flask_server.py: 1 process, gthread, 32 threads.
+`--server gunicorn` (default): 1 process, gthread, 32 threads (ours runs 128 threads but only one forward at a time).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from inference import decode_image, load_bundle, predict  # noqa: E402
 
 def create_app(model_path: str) -> Flask:
     torch.set_num_threads(int(os.environ.get("TOMATO_TORCH_THREADS", "0")) or os.cpu_count() or 1)
-    bundle = load_bundle(model_path, device="cpu", warmup=True)
+    bundle = load_bundle(model_path, device="cpu", warmup=True, backend="eager")  # the tutorial's plain PyTorch
     app = Flask(__name__)
 
     @app.get("/ping")
@@ -50,7 +51,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=5001)
     parser.add_argument("--model", required=True)
     parser.add_argument("--server", choices=("gunicorn", "flask"), default="gunicorn")
-    parser.add_argument("--threads", type=int, default=32, help="gunicorn request threads (same default as ours)")
+    parser.add_argument("--threads", type=int, default=32, help="gunicorn request threads")
     args = parser.parse_args()
     if args.server == "flask":
         create_app(args.model).run(host=args.host, port=args.port, threaded=True)

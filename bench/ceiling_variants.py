@@ -3,14 +3,16 @@
     python -m bench.ceiling_variants --model trained_model/tomato_leaf_lite0.pt --duration 8 --json out.json
 
 Variants (each runs in its own fresh Python process, so thread settings and compiled code never leak):
-  eager            what the server does: eager PyTorch, channels_last, torch threads = cores, JPEG draft on
+  served           what the server does: load_bundle's default engine (ONNX Runtime on the CPU, intra-op threads =
+                   cores, no spinning), JPEG draft on. This is the ceiling bench.run compares the servers with.
+  eager            eager PyTorch, channels_last, torch threads = cores (the reference; the server before ONNX Runtime)
   contiguous       eager without channels_last
   threads-1        eager with torch.set_num_threads(1)
   torchscript      torch.jit.trace + torch.jit.freeze (what TorchServe runs)
   compile          torch.compile (inductor, static shapes; compile time reported separately)
-  onnxruntime      torch.onnx.export + ONNX Runtime CPU, intra-op threads = cores
+  onnxruntime-spin ONNX Runtime with its intra-op threads spinning while idle (ONNX Runtime's own default)
   onnxruntime-t1   ONNX Runtime with one intra-op thread
-  no-draft         eager, but JPEGs decoded at full size (decode_image(draft_side=None))
+  no-draft         served, but JPEGs decoded at full size (decode_image(draft_side=None))
 Each variant reports images/s for every batch size and the time per image of each stage.
 """
 from __future__ import annotations
@@ -25,50 +27,29 @@ from pathlib import Path
 from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = ("eager", "contiguous", "threads-1", "torchscript", "compile", "onnxruntime", "onnxruntime-t1", "no-draft")
+VARIANTS = ("served", "eager", "contiguous", "threads-1", "torchscript", "compile", "onnxruntime-spin",
+            "onnxruntime-t1", "no-draft")
+SERVED_PATH = ("served", "no-draft")  # variants that run load_bundle's default engine
 DEFAULT_VARIANTS = VARIANTS
-
-
-def export_onnx(network, path: Path, image_size: int) -> Path:
-    """Export the bundle's network to ONNX with a dynamic batch dimension (input "images", output "logits")."""
-    import torch
-
-    example = torch.zeros(2, 3, image_size, image_size)
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    program = torch.onnx.export(
-        network.eval(), (example,), None, input_names=["images"], output_names=["logits"],
-        dynamic_shapes={"x": {0: batch}}, dynamo=True, optimize=True, verbose=False,
-    )
-    program.save(str(path))
-    return path
-
-
-def ort_session(path: Path, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def build_forward(variant: str, bundle, work: Path, batch_sizes: list[int]) -> tuple[Callable, dict]:
     """Return forward(batch tensor) -> probabilities, and facts about the setup (threads, compile time...)."""
     import torch
 
+    from inference.engines import export_onnx, ort_session
     from inference.predict import forward
 
     cores = os.cpu_count() or 1
     threads = 1 if variant == "threads-1" else cores
     torch.set_num_threads(threads)
-    info: dict = {"torch_threads": threads}
+    info: dict = {"torch_threads": threads, "engine": bundle.engine.name}
     network = bundle.network
     side = bundle.preprocess.image_size
     temperature = bundle.temperature
     started = time.perf_counter()
-    if variant in ("eager", "threads-1", "no-draft"):
-        fn = lambda batch: forward(bundle, batch)  # noqa: E731  (the server's own forward)
+    if variant in ("served", "eager", "threads-1", "no-draft"):
+        fn = lambda batch: forward(bundle, batch)  # noqa: E731  (predict's own forward, with the loaded engine)
     elif variant == "contiguous":
         network.to(memory_format=torch.contiguous_format)
 
@@ -90,11 +71,11 @@ def build_forward(variant: str, bundle, work: Path, batch_sizes: list[int]) -> t
             with torch.inference_mode():
                 return torch.softmax(compiled(batch.contiguous(memory_format=torch.channels_last)) / temperature, dim=1)
     elif variant.startswith("onnxruntime"):
-        path = export_onnx(network.to(memory_format=torch.contiguous_format), work / "model.onnx", side)
+        path = export_onnx(network, work / "model.onnx", side)
         info["onnx_export_s"] = round(time.perf_counter() - started, 1)
         ort_threads = 1 if variant.endswith("-t1") else cores
         info["ort_threads"] = ort_threads
-        session = ort_session(path, ort_threads)
+        session = ort_session(path, ort_threads, spin=variant.endswith("-spin"))
 
         def fn(batch):
             logits = torch.from_numpy(session.run(["logits"], {"images": batch.contiguous().numpy()})[0])
@@ -116,7 +97,9 @@ def measure_one(variant: str, model: Path, inputs: dict[str, Path], batch_sizes:
     from inference import decode_image, load_bundle
     from inference.predict import postprocess, preprocess
 
-    bundle = load_bundle(model, device="cpu", warmup=True)
+    torch.set_num_threads(1 if variant == "threads-1" else os.cpu_count() or 1)
+    backend = "auto" if variant in SERVED_PATH else "eager"
+    bundle = load_bundle(model, device="cpu", warmup=True, backend=backend)
     fn, info = build_forward(variant, bundle, work, batch_sizes)
     draft = None if variant == "no-draft" else 320
     draft_kw = {"draft_side": None} if draft is None else {}

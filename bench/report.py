@@ -85,11 +85,23 @@ def targets(results: dict) -> list[str]:
             ok = top["p99_ms"] <= DEADLINE_S * 1000 and timeouts == 0
             lines.append(f"| p99 at 64 clients within the {DEADLINE_S:.0f} s deadline, no timeouts | {name} | "
                          f"p99 {top['p99_ms']:.0f} ms, timeouts {timeouts} | {mark(ok)} |")
+    served = {(r["input"], r["batch"]): r for r in results.get("variants") or [] if r.get("variant") == "served"}
+    single = find(rows, "ours", "leaf", 1)
+    if single and single["p50_ms"] is not None and ("leaf", 1) in served:
+        forward_ms = served[("leaf", 1)]["forward_ms_per_image"]
+        lines.append(f"| single-client p50 ≤ model forward + 5 ms | leaf | p50 {single['p50_ms']:.1f} ms, forward "
+                     f"{forward_ms:.1f} ms (served engine, batch 1) | {mark(single['p50_ms'] <= forward_ms + 5)} |")
+    phone = find(rows, "ours", "phone", 1)
+    if phone and phone["p50_ms"] is not None:
+        lines.append(f"| 12-MP phone JPEG answered in ≤ 150 ms (single client, p50) | phone | {phone['p50_ms']:.0f} ms | "
+                     f"{mark(phone['p50_ms'] <= 150)} |")
     overload = results.get("overload")
     if overload and not overload.get("error"):
         timeouts = overload["by_status"].get("504", 0) + overload["by_status"].get("timeout", 0)
-        ok = overload["p99_ok_ms_max"] is not None and overload["p99_ok_ms_max"] <= DEADLINE_S * 1000 and timeouts == 0
-        lines.append(f"| overload ({overload['users']} users): 429s instead of timeouts, p99 bounded | leaf | "
+        shed = overload["by_status"].get("429", 0) > 0
+        ok = (overload["p99_ok_ms_max"] is not None and overload["p99_ok_ms_max"] <= DEADLINE_S * 1000
+              and timeouts == 0 and shed)
+        lines.append(f"| overload ({overload['users']} users): sheds with 429s, no timeouts, p99 bounded | leaf | "
                      f"429s: {overload['by_status'].get('429', 0)}, timeouts: {timeouts}, worst 1-s p99 "
                      f"{_ms(overload['p99_ok_ms_max'])} ms | {mark(ok)} |")
     return lines
@@ -220,7 +232,8 @@ def write_markdown(results: dict, out: Path, chart: Path | None = None) -> str:
         "## In-process ceiling variants",
         "",
         "Decode + preprocess + one forward + postprocess in one process, no HTTP (`bench/ceiling_variants.py`; "
-        "each variant in a fresh process). `vs eager` compares with the server's own path at the same input and batch.",
+        "each variant in a fresh process). `served` is what the server runs; `vs eager` compares with eager PyTorch "
+        "(the reference, and the server's forward before ONNX Runtime) at the same input and batch.",
         "",
         *variants_table(results.get("variants") or []),
         "",

@@ -68,7 +68,7 @@ def ceiling_rows(model: Path, inputs: dict[str, BenchInput], clients: list[int],
     from bench.ceiling_variants import run_variants
 
     batches = sorted({min(c, max_batch) for c in clients})
-    measured = run_variants(["eager"], model, {k: v.path for k, v in inputs.items()}, batches, duration_s,
+    measured = run_variants(["served"], model, {k: v.path for k, v in inputs.items()}, batches, duration_s,
                             work / "ceiling", nice=nice)
     if measured and "error" in measured[0]:
         return [LoadResult("ceiling", "-", 0, duration_s, 0, {"failed": 1}, note=measured[0]["error"])]
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ours-env", action="append", default=[], metavar="TOMATO_X=V",
                         help="knob for our server (repeatable), e.g. TOMATO_BATCH_WAIT_MS=5")
     parser.add_argument("--ours-experiment", default="", metavar="ARGS",
-                        help='run ours through bench/ours_experimental.py, e.g. "--forward onnxruntime"')
+                        help='run ours through bench/ours_experimental.py, e.g. "--forward torchscript"')
     parser.add_argument("--ts-batch-size", type=int, default=16)
     parser.add_argument("--ts-max-batch-delay", type=int, default=5, help="TorchServe maxBatchDelay (ms)")
     parser.add_argument("--ts-stock-transform", action="store_true", help="TorchServe with the ImageNet transform")
@@ -171,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown systems {sorted(unknown)}")
     ours_env = parse_env(args.ours_env)
-    max_batch = int(ours_env.get("TOMATO_MAX_BATCH_SIZE", 16))  # flask_server.py's default
+    from flask_server import DEFAULTS
+
+    max_batch = int(ours_env.get("TOMATO_MAX_BATCH_SIZE", DEFAULTS["MAX_BATCH_SIZE"]))
     started = time.time()
     jiffies_start = cpu_jiffies()
     info = machine_info()

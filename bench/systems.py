@@ -23,7 +23,8 @@ from bench.loadgen import RequestBuilder, multipart_file, raw_body
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
-SERVER_THREADS = 32  # flask_server.py's default --threads; the baseline gets the same
+OURS_THREADS = 128  # flask_server.py's default --threads (above MAX_QUEUE + MAX_BATCH_SIZE: overload reaches the queue)
+BASELINE_THREADS = 32  # the tutorial server; more threads would only mean more forwards fighting over 2 cores
 
 
 def free_port() -> int:
@@ -117,11 +118,11 @@ def _status_ok(url: str) -> Callable[[], bool]:
     return lambda: requests.get(url, timeout=2).status_code == 200
 
 
-def ours(model: Path, tmp: Path, env: dict[str, str] | None = None, threads: int = SERVER_THREADS,
+def ours(model: Path, tmp: Path, env: dict[str, str] | None = None, threads: int = OURS_THREADS,
          experiment: list[str] | None = None) -> ServerProcess:
     """flask_server.py exactly as documented (gunicorn, 1 process, gthread), on a free port.
 
-    `experiment` (e.g. ["--forward", "onnxruntime"]) runs it through bench/ours_experimental.py instead: the same
+    `experiment` (e.g. ["--forward", "torchscript"]) runs it through bench/ours_experimental.py instead: the same
     server with one proposed change applied, for measuring before anyone edits flask_server.py."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -138,18 +139,18 @@ def ours(model: Path, tmp: Path, env: dict[str, str] | None = None, threads: int
     )
 
 
-def baseline(model: Path, tmp: Path, server: str = "gunicorn", threads: int = SERVER_THREADS) -> ServerProcess:
+def baseline(model: Path, tmp: Path, server: str = "gunicorn", threads: int = BASELINE_THREADS) -> ServerProcess:
     """bench/baseline_server.py: the tutorial Flask app, one forward per request."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    how = (f"gunicorn 1 process x {threads} gthread threads (same settings as ours)" if server == "gunicorn"
+    how = (f"gunicorn 1 process x {threads} gthread threads" if server == "gunicorn"
            else "Flask's threaded development server (app.run(threaded=True))")
     return ServerProcess(
         name="baseline", label="seed-tutorial baseline",
         cmd=[PYTHON, "bench/baseline_server.py", "--port", str(port), "--model", str(model), "--server", server,
              "--threads", str(threads)],
         predict_url=base + "/predict", ready=_status_ok(base + "/ping"), log_path=tmp / f"baseline-{port}.log",
-        notes=[f"{how}; one forward per request in the request thread; torch threads = cores"],
+        notes=[f"{how}; one eager PyTorch forward per request in the request thread; torch threads = cores"],
     )
 
 
@@ -158,7 +159,7 @@ def export_torchscript(model: Path, out: Path) -> dict:
     code = (
         "import json, sys, torch\n"
         "from inference import load_bundle\n"
-        "b = load_bundle(sys.argv[1], device='cpu', warmup=False)\n"
+        "b = load_bundle(sys.argv[1], device='cpu', warmup=False, backend='eager')\n"
         "s = b.preprocess.image_size\n"
         "with torch.no_grad():\n"
         "    ts = torch.jit.trace(b.network.eval(), torch.zeros(1, 3, s, s).contiguous(memory_format=torch.channels_last))\n"

@@ -2,6 +2,8 @@
 
 Request threads call `submit()` with an already preprocessed tensor and wait on the returned future.
 On a small CPU, one forward of 8 images is far cheaper than 8 forwards fighting over two cores.
+The batcher waits up to `max_wait_ms` for company only while some request announced (`incoming`) that it is
+decoding images: a lone request is never held back for a batch that is not coming.
 """
 from __future__ import annotations
 
@@ -9,8 +11,9 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -41,7 +44,16 @@ class _Job:
 BatchObserver = Callable[[int, float], None]  # (batch size, forward seconds), e.g. for Prometheus
 
 
+class Announcement:
+    """Images a request thread is decoding; `MicroBatcher.submit_many(..., announcement=)` settles it."""
+
+    def __init__(self, count: int) -> None:
+        self.pending = count
+
+
 class MicroBatcher:
+    POLL_S = 0.001  # while waiting for announced images, look at the queue at least this often
+
     def __init__(
         self,
         bundle: ModelBundle,
@@ -50,11 +62,15 @@ class MicroBatcher:
         max_queue: int = 128,
         on_batch: BatchObserver | None = None,
     ) -> None:
+        if max_batch_size < 1 or max_queue < 1:
+            raise ValueError("max_batch_size and max_queue must be at least 1")
         self.bundle = bundle
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
         self.on_batch = on_batch
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max_queue)
+        self._incoming = 0  # announced images not yet queued (read without the lock: a hint for _gather)
+        self._lock = threading.Lock()  # guards _incoming and makes "check room, then queue" atomic
         self._thread = threading.Thread(target=self._run, name="micro-batcher", daemon=True)
         self._stopped = threading.Event()
         self._thread.start()
@@ -63,28 +79,43 @@ class MicroBatcher:
     def queue_depth(self) -> int:
         return self._queue.qsize()
 
+    @contextmanager
+    def incoming(self, count: int = 1) -> Iterator[Announcement]:
+        """Announce `count` images that this thread is about to decode, so a batch being gathered waits for them
+        (up to max_wait_ms). Submit them inside the block with `announcement=`; leaving the block without
+        submitting (a bad upload) withdraws the announcement."""
+        announcement = Announcement(count)
+        with self._lock:
+            self._incoming += count
+        try:
+            yield announcement
+        finally:
+            with self._lock:
+                self._incoming -= announcement.pending
+                announcement.pending = 0
+
     def submit(self, tensor: torch.Tensor, top_k: int = 3) -> Future:
         """Queue one preprocessed image; raises `QueueFull` at once instead of waiting for room."""
-        if self._stopped.is_set():
-            raise RuntimeError("batcher is stopped")
-        job = _Job(tensor, top_k, Future(), time.perf_counter())
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            raise QueueFull(f"{self._queue.maxsize} images are already waiting") from None
-        return job.future
+        return self.submit_many([tensor], top_k)[0]
 
-    def submit_many(self, tensors: list[torch.Tensor], top_k: int = 3) -> list[Future]:
-        """Queue several images of one request; if they don't all fit, none stays queued."""
-        futures: list[Future] = []
-        try:
-            for tensor in tensors:
-                futures.append(self.submit(tensor, top_k))
-        except QueueFull:
-            for future in futures:
-                future.cancel()
-            raise
-        return futures
+    def submit_many(self, tensors: list[torch.Tensor], top_k: int = 3,
+                    announcement: Announcement | None = None) -> list[Future]:
+        """Queue the images of one request together, or none of them: a request that does not fit takes no
+        room from the others. Raises `QueueFull` at once instead of waiting for room."""
+        with self._lock:  # only submitters add, so the room checked here is still there below
+            if self._stopped.is_set():
+                raise RuntimeError("batcher is stopped")
+            room = self._queue.maxsize - self._queue.qsize()
+            if len(tensors) > room:
+                raise QueueFull(f"{self._queue.qsize()} of {self._queue.maxsize} queue places are taken")
+            now = time.perf_counter()
+            jobs = [_Job(tensor, top_k, Future(), now) for tensor in tensors]
+            for job in jobs:
+                self._queue.put_nowait(job)
+            if announcement is not None:  # queued first, then settled: _gather never sees 0 with jobs unqueued
+                self._incoming -= announcement.pending
+                announcement.pending = 0
+        return [job.future for job in jobs]
 
     def stop(self, timeout: float = 10.0) -> None:
         """Finish the queued work, then end the thread."""
@@ -102,10 +133,16 @@ class MicroBatcher:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     break
-                try:
-                    job = self._queue.get(timeout=remaining)
-                except queue.Empty:
-                    break
+                if self._incoming <= 0:  # nothing announced: take what was queued meanwhile and run now
+                    try:
+                        job = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                else:
+                    try:  # short slices, so the wait ends soon after the announced images are settled
+                        job = self._queue.get(timeout=min(remaining, self.POLL_S))
+                    except queue.Empty:
+                        continue
             if job is None:
                 self._queue.put(None)  # keep the stop signal for the main loop
                 break

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from inference.engines import Engine, build_engine
 from model.bundle import file_sha256, network_from_bundle, read_bundle
 from model.transforms import PreprocessConfig, Transform, build_transform
 
@@ -18,7 +19,8 @@ DEFAULT_BUNDLE_PATH = Path(__file__).resolve().parent.parent / "trained_model" /
 class ModelBundle:
     """A ready-to-run model: everything `predict` needs, loaded and warmed up."""
 
-    network: nn.Module
+    network: nn.Module  # eager reference (evaluation, equivalence checks)
+    engine: Engine  # what `predict` runs: eager or ONNX Runtime, same logits within 1e-3
     transform: Transform
     preprocess: PreprocessConfig
     class_names: list[str]
@@ -34,7 +36,8 @@ class ModelBundle:
 
     def describe(self) -> dict[str, Any]:
         """Plain-Python identity of the model, for API responses and logs."""
-        return {"name": self.name, "version": self.version, "sha256": self.sha256, "device": str(self.device)}
+        return {"name": self.name, "version": self.version, "sha256": self.sha256, "device": str(self.device),
+                "backend": self.engine.name}
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -44,8 +47,14 @@ def resolve_device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
-def load_bundle(path: str | Path = DEFAULT_BUNDLE_PATH, device: str | None = None, warmup: bool = True) -> ModelBundle:
-    """Read, validate and rebuild the bundle on `device`, in eval mode, optionally warmed up."""
+def load_bundle(path: str | Path = DEFAULT_BUNDLE_PATH, device: str | None = None, warmup: bool = True,
+                backend: str = "auto", threads: int = 0, cache_dir: Path | None = None) -> ModelBundle:
+    """Read, validate and rebuild the bundle on `device`, in eval mode, optionally warmed up.
+
+    backend: "auto" (ONNX Runtime on the CPU when installed, else eager), "eager" or "onnxruntime";
+    threads: intra-op threads of the ONNX Runtime session (0 = torch.get_num_threads());
+    cache_dir: where the derived ONNX file is kept (default: TOMATO_CACHE_DIR or ~/.cache/tomato-leaf).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model bundle not found: {path}")
@@ -53,8 +62,11 @@ def load_bundle(path: str | Path = DEFAULT_BUNDLE_PATH, device: str | None = Non
     target = resolve_device(device)
     network = network_from_bundle(raw).to(target).to(memory_format=torch.channels_last)
     preprocess = PreprocessConfig.from_dict(raw["preprocess"])
+    sha256 = file_sha256(path)
+    engine = build_engine(backend, network, target, sha256, preprocess.image_size, threads, cache_dir)
     bundle = ModelBundle(
         network=network,
+        engine=engine,
         transform=build_transform(preprocess),
         preprocess=preprocess,
         class_names=list(raw["class_names"]),
@@ -63,7 +75,7 @@ def load_bundle(path: str | Path = DEFAULT_BUNDLE_PATH, device: str | None = Non
         device=target,
         name=str(raw.get("name", path.stem)),
         version=str(raw.get("version", "0")),
-        sha256=file_sha256(path),
+        sha256=sha256,
         path=str(path),
         metrics=dict(raw.get("metrics", {})),
         provenance=dict(raw.get("provenance", {})),
@@ -76,6 +88,5 @@ def load_bundle(path: str | Path = DEFAULT_BUNDLE_PATH, device: str | None = Non
 def warm_up(bundle: ModelBundle, batch_sizes: tuple[int, ...] = (1, 2, 8)) -> None:
     """Run a few forwards so the first real request does not pay for lazy initialisation."""
     side = bundle.preprocess.image_size
-    with torch.inference_mode():
-        for size in batch_sizes:
-            bundle.network(torch.zeros(size, 3, side, side, device=bundle.device).contiguous(memory_format=torch.channels_last))
+    for size in batch_sizes:
+        bundle.engine(torch.zeros(size, 3, side, side, device=bundle.device))

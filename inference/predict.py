@@ -38,9 +38,8 @@ def preprocess(bundle: ModelBundle, image: Image.Image) -> torch.Tensor:
 
 def forward(bundle: ModelBundle, batch: torch.Tensor) -> torch.Tensor:
     """One forward pass on the bundle's device; returns calibrated probabilities on the CPU."""
-    batch = batch.to(bundle.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    logits = bundle.engine(batch.to(bundle.device, non_blocking=True))
     with torch.inference_mode():
-        logits = bundle.network(batch)
         return torch.softmax(logits.float() / bundle.temperature, dim=1).cpu()
 
 

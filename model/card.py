@@ -20,6 +20,9 @@ def pct(x: float) -> str:
     return f"{100 * x:.2f} %"
 
 
+TRAIN_ARGS_SHOWN = ("image_size", "epochs", "batch_size", "lr", "warmup_epochs", "seed", "init_from")
+
+
 def comparison_table(candidates: dict[str, dict]) -> str:
     rows = ["| candidate | input | test top-1 | macro recall | ECE (calibrated) | parameters | file MB | CPU ms/img, batch 1 | CPU ms/img, batch 8 |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -68,11 +71,14 @@ def render(shipped: Path, ev: dict, candidates: dict[str, dict], choice: str, te
         "TEMPERATURE": f"{ev['temperature']:.3f}",
         "B1": str(ev["speed_cpu_2_threads"]["batch1_ms_per_image"]),
         "B8": str(ev["speed_cpu_2_threads"]["batch8_ms_per_image"]),
+        "SERVED_BACKEND": str(ev["speed_cpu_2_threads"].get("served_backend", "eager")),
+        "SERVED_B1": str(ev["speed_cpu_2_threads"].get("served_batch1_ms_per_image", "not measured")),
+        "SERVED_B8": str(ev["speed_cpu_2_threads"].get("served_batch8_ms_per_image", "not measured")),
         "IMAGE_SIZE": str(ev["image_size"]),
         "HISTORY": "\n".join(f"| {h['epoch']} | {h['train_loss']:.3f} | {pct(h['train_acc'])} | {pct(h['val_acc'])} | "
                              f"{h['seconds']:.0f} |" for h in history),
         "TRAIN_ARGS": " ".join(f"--{k.replace('_', '-')} {v}" for k, v in raw["provenance"].get("train_args", {}).items()
-                               if k in ("image_size", "epochs", "batch_size", "lr", "seed")),
+                               if k in TRAIN_ARGS_SHOWN),
         "DATA": DATA,
     }
     text = template

@@ -1,10 +1,18 @@
 """Shared fixtures: a tiny random-weight bundle for fast API tests, the shipped bundle for correctness."""
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# A fresh ONNX cache per test run (inherited by the server processes the tests start): every run exercises the
+# export path once, and nothing left in ~/.cache can make a test pass or fail.
+os.environ["TOMATO_CACHE_DIR"] = tempfile.mkdtemp(prefix="tomato-test-onnx-cache-")
+atexit.register(shutil.rmtree, os.environ["TOMATO_CACHE_DIR"], True)
 
 
 def _import_streamlit_library() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import io
 import threading
+import time
 
 import pytest
 from PIL import Image
@@ -147,9 +148,23 @@ def test_full_queue_answers_429_with_retry_after(make_app, leaf_bytes):
 
 
 def test_request_past_its_deadline_gets_504(make_app, leaf_bytes):
-    # the batcher waits 2 s for company; the request may only wait 0.2 s
-    client = make_app(BATCH_WAIT_MS=2000, REQUEST_TIMEOUT_S=0.2).test_client()
+    app = make_app(REQUEST_TIMEOUT_S=0.2)
+    bundle = app.extensions["tomato"].bundle
+    fast_engine = bundle.engine
+
+    class SlowModel:  # a forward slower than the request deadline (a real model on an overloaded machine)
+        name = "slow"
+
+        def __call__(self, batch):
+            time.sleep(1.0)
+            return fast_engine(batch)
+
+    bundle.engine = SlowModel()
+    client = app.test_client()
     assert_error(client.post("/predict", data=files((leaf_bytes, "a.jpg"))), 504, "timeout")
+    bundle.engine = fast_engine
+    time.sleep(1.5)  # let the batcher finish the slow forward it is still in
+    assert client.post("/predict", data=files((leaf_bytes, "a.jpg"))).status_code == 200
 
 
 def test_config_from_environment(monkeypatch, tiny_bundle_path, tmp_path):
