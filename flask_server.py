@@ -37,7 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_IMAGE_PIXELS": 50_000_000,  # decoded size limit per image (decompression bombs get 413)
     "MAX_FILES": 16,  # images per request
     "MAX_BATCH_SIZE": 8,  # images per model forward (bigger batches barely help on 2 cores and delay everyone)
-    "BATCH_WAIT_MS": 2.0,  # how long the batcher waits for company after the first image
+    "BATCH_WAIT_MS": 2.0,  # how long a forming batch waits for images other requests are still decoding
     "MAX_QUEUE": 64,  # images waiting for the batcher; beyond it requests get 429
     "REQUEST_TIMEOUT_S": 10.0,  # a request still waiting after this gets 504
     "TORCH_THREADS": 0,  # intra-op threads for the forward (torch and ONNX Runtime); 0 = number of CPU cores
