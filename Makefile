@@ -17,7 +17,7 @@ $(VENV)/.installed-bench: bench/requirements.txt $(VENV)/.installed
 	$(PY) -m pip install -q -r bench/requirements.txt
 	touch $@
 
-bench-deps: $(VENV)/.installed-bench  ## TorchServe, locust, ONNX Runtime: benchmarks and their tests
+bench-deps: $(VENV)/.installed-bench  ## TorchServe and locust: benchmarks and their tests
 
 browser:  ## Debian's Chromium + ChromeDriver for the page's end-to-end test
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \

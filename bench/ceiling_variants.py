@@ -33,60 +33,62 @@ SERVED_PATH = ("served", "no-draft")  # variants that run load_bundle's default 
 DEFAULT_VARIANTS = VARIANTS
 
 
-def build_forward(variant: str, bundle, work: Path, batch_sizes: list[int]) -> tuple[Callable, dict]:
-    """Return forward(batch tensor) -> probabilities, and facts about the setup (threads, compile time...)."""
+def torchscript_engine(network, image_size: int):
+    """Traced + frozen TorchScript (conv-BN folded), the way TorchServe runs the model."""
     import torch
 
-    from inference.engines import export_onnx, ort_session
+    from inference.engines import EagerEngine
+
+    example = torch.zeros(1, 3, image_size, image_size).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        return EagerEngine(torch.jit.freeze(torch.jit.trace(network.eval(), example)), name="torchscript")
+
+
+def variant_engine(variant: str, bundle, work: Path, cores: int, info: dict):
+    """The forward engine a variant measures (logits out), built from the bundle's eager network."""
+    import torch
+
+    from inference.engines import EagerEngine, OnnxRuntimeEngine, export_onnx, ort_session
+
+    network, side = bundle.network, bundle.preprocess.image_size
+    if variant in (*SERVED_PATH, "eager", "threads-1"):
+        return bundle.engine  # what load_bundle built: the served engine, or eager
+    if variant == "contiguous":
+        return EagerEngine(network.to(memory_format=torch.contiguous_format), "eager-contiguous",
+                           torch.contiguous_format)
+    if variant == "torchscript":
+        return torchscript_engine(network, side)
+    if variant == "compile":
+        return EagerEngine(torch.compile(network, dynamic=False), name="compile")
+    if variant.startswith("onnxruntime"):
+        started = time.perf_counter()
+        path = export_onnx(network, work / "model.onnx", side)
+        info["onnx_export_s"] = round(time.perf_counter() - started, 1)
+        info["ort_threads"] = 1 if variant.endswith("-t1") else cores
+        return OnnxRuntimeEngine(ort_session(path, info["ort_threads"], spin=variant.endswith("-spin")))
+    raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
+
+
+def build_forward(variant: str, bundle, work: Path, batch_sizes: list[int]) -> tuple[Callable, dict]:
+    """Return forward(batch tensor) -> probabilities through the variant's engine (predict's own forward, so
+    softmax and calibration are the server's), and facts about the setup (threads, compile time...)."""
+    import torch
+
     from inference.predict import forward
 
     cores = os.cpu_count() or 1
     threads = 1 if variant == "threads-1" else cores
     torch.set_num_threads(threads)
-    info: dict = {"torch_threads": threads, "engine": bundle.engine.name}
-    network = bundle.network
-    side = bundle.preprocess.image_size
-    temperature = bundle.temperature
+    info: dict = {"torch_threads": threads}
     started = time.perf_counter()
-    if variant in ("served", "eager", "threads-1", "no-draft"):
-        fn = lambda batch: forward(bundle, batch)  # noqa: E731  (predict's own forward, with the loaded engine)
-    elif variant == "contiguous":
-        network.to(memory_format=torch.contiguous_format)
-
-        def fn(batch):
-            with torch.inference_mode():
-                return torch.softmax(network(batch.contiguous()) / temperature, dim=1)
-    elif variant == "torchscript":
-        with torch.no_grad():
-            example = torch.zeros(1, 3, side, side).contiguous(memory_format=torch.channels_last)
-            scripted = torch.jit.freeze(torch.jit.trace(network.eval(), example))
-
-        def fn(batch):
-            with torch.inference_mode():
-                return torch.softmax(scripted(batch.contiguous(memory_format=torch.channels_last)) / temperature, dim=1)
-    elif variant == "compile":
-        compiled = torch.compile(network, dynamic=False)
-
-        def fn(batch):
-            with torch.inference_mode():
-                return torch.softmax(compiled(batch.contiguous(memory_format=torch.channels_last)) / temperature, dim=1)
-    elif variant.startswith("onnxruntime"):
-        path = export_onnx(network, work / "model.onnx", side)
-        info["onnx_export_s"] = round(time.perf_counter() - started, 1)
-        ort_threads = 1 if variant.endswith("-t1") else cores
-        info["ort_threads"] = ort_threads
-        session = ort_session(path, ort_threads, spin=variant.endswith("-spin"))
-
-        def fn(batch):
-            logits = torch.from_numpy(session.run(["logits"], {"images": batch.contiguous().numpy()})[0])
-            return torch.softmax(logits / temperature, dim=1)
-    else:
-        raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
+    bundle.engine = variant_engine(variant, bundle, work, cores, info)
+    info["engine"] = bundle.engine.name
+    side = bundle.preprocess.image_size
     for size in batch_sizes:  # warm-up, and for `compile` the compilation of each static shape
-        fn(torch.zeros(size, 3, side, side))
-        fn(torch.zeros(size, 3, side, side))
+        forward(bundle, torch.zeros(size, 3, side, side))
+        forward(bundle, torch.zeros(size, 3, side, side))
     info["setup_s"] = round(time.perf_counter() - started, 1)
-    return fn, info
+    return lambda batch: forward(bundle, batch), info
 
 
 def measure_one(variant: str, model: Path, inputs: dict[str, Path], batch_sizes: list[int], duration_s: float,

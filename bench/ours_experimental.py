@@ -21,36 +21,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-
 import flask_server  # noqa: E402
+from bench.ceiling_variants import torchscript_engine  # noqa: E402
+from inference.bundle import warm_up  # noqa: E402
 
 
-class TorchScriptEngine:
-    """Traced + frozen TorchScript (conv-BN folded), the way TorchServe runs the model."""
-
-    name = "torchscript"
-
-    def __init__(self, network: torch.nn.Module, image_size: int) -> None:
-        example = torch.zeros(1, 3, image_size, image_size).contiguous(memory_format=torch.channels_last)
-        with torch.no_grad():
-            self.module = torch.jit.freeze(torch.jit.trace(network.eval(), example))
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return self.module(batch.contiguous(memory_format=torch.channels_last))
-
-
-def swap_forward(kind: str) -> None:
+def serve_torchscript() -> None:
+    """Make flask_server load the bundle eager, then run its forward as frozen TorchScript."""
     original = flask_server.load_bundle
 
     def load_bundle(*args, **kwargs):
         bundle = original(*args, **{**kwargs, "backend": "eager"})
-        side = bundle.preprocess.image_size
-        if kind == "torchscript":
-            bundle.engine = TorchScriptEngine(bundle.network, side)
-        for size in (1, 2, 4, 8, 16, 16):  # warm every shape the batcher will use most
-            bundle.engine(torch.zeros(size, 3, side, side))
+        bundle.engine = torchscript_engine(bundle.network, bundle.preprocess.image_size)
+        warm_up(bundle, (1, 2, 4, 8))  # every shape the batcher will use most
         return bundle
 
     flask_server.load_bundle = load_bundle
@@ -63,8 +46,8 @@ def main() -> None:
     args, rest = parser.parse_known_args()
     if args.switch_interval:
         sys.setswitchinterval(args.switch_interval)
-    if args.forward != "default":
-        swap_forward(args.forward)
+    if args.forward == "torchscript":
+        serve_torchscript()
     os.chdir(ROOT)
     flask_server.serve(rest)
 

@@ -33,16 +33,18 @@ class Engine(Protocol):
 
 
 class EagerEngine:
-    """The nn.Module itself, channels_last, under inference_mode."""
+    """A PyTorch module (the network itself, or a traced/compiled form of it) under inference_mode, fed
+    channels_last by default."""
 
-    name = "eager"
-
-    def __init__(self, network: nn.Module) -> None:
+    def __init__(self, network: Callable[[torch.Tensor], torch.Tensor], name: str = "eager",
+                 memory_format: torch.memory_format = torch.channels_last) -> None:
         self.network = network
+        self.name = name
+        self.memory_format = memory_format
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return self.network(batch.contiguous(memory_format=torch.channels_last))
+            return self.network(batch.contiguous(memory_format=self.memory_format))
 
 
 class OnnxRuntimeEngine:

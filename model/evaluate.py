@@ -90,21 +90,22 @@ def plot_confusion(matrix: list[list[int]], names: list[str], path: Path) -> Non
 def measure_speed(bundle, threads: int = 2, repeats: int = 30) -> dict[str, float]:
     """Median CPU forward time per image at batch 1 and batch 8 (preprocessed input, no decode), for the eager
     network (`batchN_ms_per_image`) and for the engine the server runs (`served_batchN_ms_per_image`)."""
+    from inference.engines import EagerEngine
+
     torch.set_num_threads(threads)
     side = bundle.preprocess.image_size
     result: dict = {"served_backend": bundle.engine.name}
-    runners = {"": lambda x: bundle.network(x.contiguous(memory_format=torch.channels_last)), "served_": bundle.engine}
+    runners = {"": EagerEngine(bundle.network), "served_": bundle.engine}
     for prefix, run in runners.items():
         for batch in (1, 8):
             x = torch.randn(batch, 3, side, side)
             times = []
-            with torch.inference_mode():
-                for _ in range(5):
-                    run(x)
-                for _ in range(repeats):
-                    start = time.perf_counter()
-                    run(x)
-                    times.append((time.perf_counter() - start) * 1000 / batch)
+            for _ in range(5):
+                run(x)
+            for _ in range(repeats):
+                start = time.perf_counter()
+                run(x)
+                times.append((time.perf_counter() - start) * 1000 / batch)
             result[f"{prefix}batch{batch}_ms_per_image"] = round(sorted(times)[len(times) // 2], 2)
     return result
 

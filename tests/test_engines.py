@@ -7,7 +7,7 @@ import torch
 from support import class_of, sample_files
 
 from inference import decode_image, load_bundle
-from inference.engines import build_engine, cached_onnx_path, check_agrees
+from inference.engines import build_engine, cached_onnx_path, check_agrees, export_onnx
 from inference.predict import forward, preprocess
 
 
@@ -61,8 +61,6 @@ def test_cache_file_of_another_model_is_not_trusted(tiny_bundle_path, tmp_path):
     path = cached_onnx_path(tmp_path, bundle.sha256, 64)
     impostor = tmp_path / "impostor"
     impostor.mkdir()
-    from inference.engines import export_onnx
-
     export_onnx(other, impostor / "x.onnx", 64).replace(path)
     rebuilt = build_engine("onnxruntime", bundle.network, torch.device("cpu"), bundle.sha256, 64, 1, tmp_path)
     check_agrees(rebuilt, bundle.network, 64)
