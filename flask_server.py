@@ -25,6 +25,7 @@ from inference.predict import preprocess
 from serving.errors import IMAGE_ERROR_STATUS, ApiError
 from serving.feedback import FeedbackStore
 from serving.metrics import create_metrics
+from serving.multipart import ApiRequest
 from serving.openapi import openapi_spec
 from serving.uploads import read_uploads
 
@@ -256,6 +257,7 @@ def register_metrics_hooks(app: Flask) -> None:
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """App factory: defaults < TOMATO_* environment < `test_config`; loads and warms the model once."""
     app = Flask(__name__)
+    app.request_class = ApiRequest  # multipart uploads parsed by python-multipart (serving/multipart.py)
     app.config.from_mapping(DEFAULTS)
     app.config.from_prefixed_env("TOMATO")
     if test_config:

@@ -1,7 +1,7 @@
 """The three named steps: preprocess (image -> tensor), forward (batch -> logits), postprocess (-> plain Python)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -28,7 +28,15 @@ class Prediction:
     probabilities: dict[str, float]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-ready dict (built by hand: `dataclasses.asdict` deep-copies every value, once per response)."""
+        return {
+            "class_name": self.class_name,
+            "display_name": self.display_name,
+            "probability": self.probability,
+            "top_k": [{"class_name": s.class_name, "display_name": s.display_name, "probability": s.probability}
+                      for s in self.top_k],
+            "probabilities": dict(self.probabilities),
+        }
 
 
 def preprocess(bundle: ModelBundle, image: Image.Image) -> torch.Tensor:

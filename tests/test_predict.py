@@ -1,6 +1,8 @@
 """The shipped model, loaded the way the server loads it: right answers, consistent batching, safe loading."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from PIL import Image
@@ -114,3 +116,8 @@ def test_bundle_without_required_keys_is_refused(tmp_path):
 def test_missing_bundle_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="model bundle not found"):
         load_bundle(tmp_path / "nope.pt")
+
+
+def test_prediction_dict_has_every_field(shipped_bundle, samples):
+    prediction = predict(shipped_bundle, [samples[0][1]], top_k=3)[0]
+    assert prediction.to_dict() == dataclasses.asdict(prediction)  # the hand-built dict must not drop a field
