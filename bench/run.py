@@ -49,6 +49,9 @@ def bench_server(server: systems.ServerProcess, inputs: dict[str, BenchInput], c
                 rows.append(result)
                 print(f"  {server.name:10s} {name:6s} c={count:3d} {result.throughput:8.1f} req/s "
                       f"p50={_fmt(result.p50_ms)} p99={_fmt(result.p99_ms)} errors={result.errors}", flush=True)
+            if server.name == "ours" and name == "leaf":
+                server.measured["single_client_timing"] = timing = probe_server_timing(server.predict_url, data)
+                print(f"  {server.name:10s} single-client timing: {timing}", flush=True)
     except Exception as exc:  # keep going with the other systems; the report says what happened
         reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
         print(f"  {server.name}: FAILED {reason}\n{server.log_tail(2000)}", file=sys.stderr, flush=True)
@@ -56,6 +59,34 @@ def bench_server(server: systems.ServerProcess, inputs: dict[str, BenchInput], c
     finally:
         server.stop()
     return rows
+
+
+def probe_server_timing(url: str, data: bytes, requests: int = 300) -> dict[str, float]:
+    """One client, `requests` sequential predictions: p50 of the client's latency and of the timings our server
+    reports in each answer (total inside Flask; decode + preprocess, queue, forward), to show where a single
+    request's time goes."""
+    from statistics import median
+
+    import urllib3
+
+    from bench.loadgen import multipart_file
+
+    target = urllib3.util.parse_url(url)
+    pool = urllib3.HTTPConnectionPool(target.host, target.port, maxsize=1, retries=False, timeout=30.0)
+    samples: list[tuple[float, ...]] = []
+    for i in range(requests + 20):
+        body, headers = multipart_file(data)
+        sent = time.perf_counter()
+        response = pool.urlopen("POST", target.path, body=body, headers=headers)
+        client_ms = (time.perf_counter() - sent) * 1000
+        answer = json.loads(response.data)
+        timing = answer["predictions"][0]["timing_ms"]
+        if i >= 20:  # the first answers warm connections and caches
+            samples.append((client_ms, answer["timing_ms"]["total"], timing["decode"], timing["queue"],
+                            timing["inference"]))
+    pool.close()
+    keys = ("client_ms", "server_total_ms", "decode_preprocess_ms", "queue_ms", "forward_ms")
+    return {key: round(median(column), 2) for key, column in zip(keys, zip(*samples))}
 
 
 def _fmt(value: float | None) -> str:
@@ -182,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[LoadResult] = []
     notes: dict[str, list[str]] = {}
+    measured: dict[str, dict] = {}  # extra measurements systems report, e.g. our server's single-client timing
     for name in chosen:
         if name == "ceiling":
             continue
@@ -201,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         notes[name] = server.notes
         print(f"{server.label}: {'; '.join(server.notes)}", flush=True)
         rows.extend(bench_server(server, inputs, clients, args.duration, args.warmup))
+        measured.update(server.measured)
     if "ceiling" in chosen:
         print("in-process ceiling ...", flush=True)
         rows.extend(ceiling_rows(args.model, inputs, clients, max_batch, min(args.duration, 10.0), work, 0))
@@ -234,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         "model_sha256": _sha256(args.model), "inputs": {k: v.describe() for k, v in inputs.items()},
         "clients": clients, "duration_s": args.duration, "warmup_s": args.warmup, "notes": notes,
         "ours_env": ours_env, "max_batch": max_batch, "rows": [asdict(r) for r in rows],
-        "variants": variant_rows, "overload": overload_summary,
+        "variants": variant_rows, "overload": overload_summary, **measured,
     }
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

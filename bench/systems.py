@@ -55,6 +55,7 @@ class ServerProcess:
     env: dict[str, str] = field(default_factory=dict)
     log_path: Path | None = None
     notes: list[str] = field(default_factory=list)  # how it was configured, for the report
+    measured: dict[str, dict] = field(default_factory=dict)  # extra measurements taken while it ran
     process: subprocess.Popen | None = None
 
     def start(self) -> "ServerProcess":
