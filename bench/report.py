@@ -205,7 +205,7 @@ def write_markdown(results: dict, out: Path, chart: Path | None = None) -> str:
         + (f"; CPU used during the run by processes this run did not start: {m['foreign_cpu_s']} s = "
            f"{m['foreign_cpu_share']:.1%} of the machine (0 % = a quiet machine)" if "foreign_cpu_s" in m else ""),
         f"- Python {m['python']}, torch {m['torch']}, torchvision {m['torchvision']}, Pillow {m['pillow']}, "
-        f"Flask {m['flask']}, gunicorn {m['gunicorn']}, requests {m['requests']}, TorchServe {m['torchserve']} "
+        f"Flask {m['flask']}, gunicorn {m['gunicorn']}, urllib3 {m.get('urllib3', '?')}, TorchServe {m['torchserve']} "
         f"(torch-model-archiver {m['torch-model-archiver']}, {m['java']}), ONNX Runtime {m['onnxruntime']}, "
         f"locust {m['locust']}",
         "",

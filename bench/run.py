@@ -137,7 +137,7 @@ def machine_info() -> dict:
         "cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(mem_kib / 1024 / 1024, 1),
         "os": platform.platform(), "python": platform.python_version(), "java": java,
         "loadavg_at_start": os.getloadavg(),
-        **{pkg: ver(pkg) for pkg in ("torch", "torchvision", "flask", "gunicorn", "pillow", "requests", "torchserve",
+        **{pkg: ver(pkg) for pkg in ("torch", "torchvision", "flask", "gunicorn", "pillow", "urllib3", "torchserve",
                                      "torch-model-archiver", "onnxruntime", "onnx", "locust", "matplotlib")},
     }
 
