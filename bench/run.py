@@ -61,8 +61,8 @@ def bench_server(server: systems.ServerProcess, inputs: dict[str, BenchInput], c
     return rows
 
 
-def probe_server_timing(url: str, data: bytes, requests: int = 300) -> dict[str, float]:
-    """One client, `requests` sequential predictions: p50 of the client's latency and of the timings our server
+def probe_server_timing(url: str, data: bytes, count: int = 300) -> dict[str, float]:
+    """One client, `count` sequential predictions: p50 of the client's latency and of the timings our server
     reports in each answer (total inside Flask; decode + preprocess, queue, forward), to show where a single
     request's time goes."""
     from statistics import median
@@ -74,7 +74,7 @@ def probe_server_timing(url: str, data: bytes, requests: int = 300) -> dict[str,
     target = urllib3.util.parse_url(url)
     pool = urllib3.HTTPConnectionPool(target.host, target.port, maxsize=1, retries=False, timeout=30.0)
     samples: list[tuple[float, ...]] = []
-    for i in range(requests + 20):
+    for i in range(count + 20):
         body, headers = multipart_file(data)
         sent = time.perf_counter()
         response = pool.urlopen("POST", target.path, body=body, headers=headers)
