@@ -85,6 +85,14 @@ def targets(results: dict) -> list[str]:
             ok = top["p99_ms"] <= DEADLINE_S * 1000 and timeouts == 0
             lines.append(f"| p99 at 64 clients within the {DEADLINE_S:.0f} s deadline, no timeouts | {name} | "
                          f"p99 {top['p99_ms']:.0f} ms, timeouts {timeouts} | {mark(ok)} |")
+    ratios = interleaved_ratios(results)
+    for peer, ratio in ratios.items():
+        median, wanted = _median(ratio), (0.85 if peer == "ceiling" else 2.0)
+        what = "85 % of the in-process ceiling" if peer == "ceiling" else f"2× {LABELS[peer]}"
+        shown = f"{median:.0%}" if peer == "ceiling" else f"{median:.2f}×"
+        spread = ", ".join(f"{r:.0%}" if peer == "ceiling" else f"{r:.2f}×" for r in ratio)
+        lines.append(f"| ours ≥ {what} at {results.get('interleaved_clients', 16)} clients, interleaved rounds "
+                     f"(median of {len(ratio)}: {spread}) | leaf | {shown} | {mark(median >= wanted)} |")
     served = {(r["input"], r["batch"]): r for r in results.get("variants") or [] if r.get("variant") == "served"}
     single = find(rows, "ours", "leaf", 1)
     if single and single["p50_ms"] is not None and ("leaf", 1) in served:
@@ -110,6 +118,48 @@ def targets(results: dict) -> list[str]:
         lines.append(f"| overload ({overload['users']} users): sheds with 429s, no timeouts, p99 bounded | leaf | "
                      f"429s: {overload['by_status'].get('429', 0)}, timeouts: {timeouts}, worst 1-s p99 "
                      f"{_ms(overload['p99_ok_ms_max'])} ms | {mark(ok)} |")
+    return lines
+
+
+def interleaved_ratios(results: dict) -> dict[str, list[float]]:
+    """ours / peer within each interleaved round, per peer (rounds where both were measured)."""
+    by_round: dict[int, dict[str, float]] = {}
+    for r in results.get("interleaved") or []:
+        by_round.setdefault(r["round"], {})[r["system"]] = r["throughput"]
+    ratios: dict[str, list[float]] = {}
+    for measured in by_round.values():
+        for peer in ("baseline", "torchserve", "ceiling"):
+            if measured.get("ours") and measured.get(peer):
+                ratios.setdefault(peer, []).append(measured["ours"] / measured[peer])
+    return ratios
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def interleaved_section(results: dict) -> list[str]:
+    rows = results.get("interleaved") or []
+    if not rows:
+        return ["Not measured in this run (`--interleaved-rounds 0`)."]
+    clients = results.get("interleaved_clients", 16)
+    systems = [s for s in ORDER if any(r["system"] == s for r in rows)]
+    head = " | ".join(("ceiling img/s" if s == "ceiling" else f"{LABELS[s].split(' (')[0]} req/s") for s in systems)
+    peers = [p for p in ("baseline", "torchserve", "ceiling") if p in systems and "ours" in systems]
+    lines = [f"Leaf at {clients} clients; all servers up at once, each round measures every system back to back "
+             "(ceiling last), so the ratios inside a round share the same machine conditions.", "",
+             f"| round | {head} | " + " | ".join(f"ours/{LABELS[p].split(' (')[0]}" for p in peers) + " |",
+             "| ---: |" + " ---: |" * (len(systems) + len(peers))]
+    for number in sorted({r["round"] for r in rows}):
+        got = {r["system"]: r["throughput"] for r in rows if r["round"] == number}
+        cells = [f"{got[s]:.1f}" if s in got else "–" for s in systems]
+        cells += [_ratio(got.get("ours"), got.get(p)) for p in peers]
+        lines.append(f"| {number} | " + " | ".join(cells) + " |")
+    ratios = interleaved_ratios(results)
+    lines.append("| median | " + " | ".join("" for _ in systems) + " | "
+                 + " | ".join(f"**{_median(ratios[p]):.2f}×**" if p in ratios else "–" for p in peers) + " |")
     return lines
 
 
@@ -227,6 +277,10 @@ def write_markdown(results: dict, out: Path, chart: Path | None = None) -> str:
         "### Targets",
         "",
         *targets(results),
+        "",
+        "### The same comparison, interleaved",
+        "",
+        *interleaved_section(results),
         "",
     ]
     if chart:

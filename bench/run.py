@@ -5,7 +5,7 @@
 For each system (ours, the seed-tutorial baseline, TorchServe 0.12) it starts the server on free loopback
 ports, loads it with 1, 4, 16 and 64 closed-loop clients per input (a 256-px leaf and a 12-MP phone JPEG),
 records req/s, p50/p95/p99 latency and errors by status, and stops what it started. Then it measures the
-in-process ceiling (no HTTP), the ceiling variants (bench/ceiling_variants.py) and the locust overload ramp
+in-process ceiling (no HTTP), the same 16-client leaf comparison in interleaved rounds, the ceiling variants (bench/ceiling_variants.py) and the locust overload ramp
 (bench/overload.py), and writes BENCHMARKS.md plus bench/throughput_latency.png. See bench/README.md.
 """
 from __future__ import annotations
@@ -87,6 +87,56 @@ def probe_server_timing(url: str, data: bytes, count: int = 300) -> dict[str, fl
     pool.close()
     keys = ("client_ms", "server_total_ms", "decode_preprocess_ms", "queue_ms", "forward_ms")
     return {key: round(median(column), 2) for key, column in zip(keys, zip(*samples))}
+
+
+def make_server(name: str, args: argparse.Namespace, work: Path, ours_env: dict[str, str]) -> systems.ServerProcess:
+    """The ServerProcess for one system key, configured from the command line (not started)."""
+    work.mkdir(parents=True, exist_ok=True)
+    if name == "ours":
+        return systems.ours(args.model, work, ours_env, experiment=shlex.split(args.ours_experiment))
+    if name == "baseline":
+        return systems.baseline(args.model, work, args.baseline_server)
+    return systems.torchserve(args.model, work, args.ts_batch_size, args.ts_max_batch_delay,
+                              stock_transform=args.ts_stock_transform)
+
+
+def interleaved_rounds(servers: list[systems.ServerProcess], model: Path, item: BenchInput, clients: int,
+                       ceiling_batch: int, rounds: int, duration_s: float, warmup_s: float, work: Path) -> list[dict]:
+    """The headline comparison again, with every system measured in turn, `rounds` times over.
+
+    On a shared VM the CPU available to us drifts by tens of percent from one minute to the next, so two systems
+    measured minutes apart can differ by the drift alone. Here all servers are up at once (idle ones cost next to
+    nothing) and each round measures every one of them, then the in-process ceiling (batch `ceiling_batch`, 0 =
+    skip), back to back: a ratio taken within one round compares like with like. One row per (round, system)."""
+    from bench.ceiling_variants import run_variants
+
+    data = item.read()
+    out: list[dict] = []
+    try:
+        for server in servers:
+            server.start()
+        for server in servers:
+            server.wait_ready(240.0)
+            run_load(server.predict_url, data, clients, 3.0, server.build, warmup_s=0)  # prime every path
+        for number in range(1, rounds + 1):
+            for server in servers:
+                result = run_load(server.predict_url, data, clients, duration_s, server.build, warmup_s=warmup_s,
+                                  system=server.name, input_name="leaf")
+                out.append({"round": number, "system": server.name, "throughput": result.throughput,
+                            "p50_ms": result.p50_ms, "errors": result.error_count})
+                print(f"  round {number} {server.name:10s} {result.throughput:8.1f} req/s", flush=True)
+            if ceiling_batch:
+                measured = run_variants(["served"], model, {"leaf": item.path}, [ceiling_batch], duration_s, work)
+                if measured and "error" not in measured[0]:
+                    out.append({"round": number, "system": "ceiling", "throughput": measured[0]["images_per_s"],
+                                "p50_ms": None, "errors": 0})
+                    print(f"  round {number} ceiling    {measured[0]['images_per_s']:8.1f} img/s", flush=True)
+    except Exception as exc:  # the rest of the report still stands; say what happened
+        print(f"  interleaved rounds stopped: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+    finally:
+        for server in servers:
+            server.stop()
+    return out
 
 
 def _fmt(value: float | None) -> str:
@@ -176,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ts-batch-size", type=int, default=16)
     parser.add_argument("--ts-max-batch-delay", type=int, default=5, help="TorchServe maxBatchDelay (ms)")
     parser.add_argument("--ts-stock-transform", action="store_true", help="TorchServe with the ImageNet transform")
+    parser.add_argument("--interleaved-rounds", type=int, default=3,
+                        help="rounds of the leaf comparison at --interleaved-clients with every system in turn (0: off)")
+    parser.add_argument("--interleaved-clients", type=int, default=16)
+    parser.add_argument("--interleaved-duration", type=float, default=10.0, help="seconds per system per round")
     parser.add_argument("--variants", default="all", help="ceiling variants to measure: all, none, or a list")
     parser.add_argument("--variant-duration", type=float, default=8.0, help="seconds per variant/input/batch")
     parser.add_argument("--overload", default="200,20,60", help="locust USERS,RATE,SECONDS, or 'none'")
@@ -217,19 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in chosen:
         if name == "ceiling":
             continue
-        if name == "ours":
-            server = systems.ours(args.model, work, ours_env, experiment=shlex.split(args.ours_experiment))
-        elif name == "baseline":
-            server = systems.baseline(args.model, work, args.baseline_server)
-        else:
-            try:
-                server = systems.torchserve(args.model, work, args.ts_batch_size, args.ts_max_batch_delay,
-                                            stock_transform=args.ts_stock_transform)
-            except Exception as exc:
-                reason = f"{type(exc).__name__}: {exc}"
-                print(f"  torchserve: could not be prepared: {reason}", file=sys.stderr, flush=True)
-                rows.append(LoadResult("torchserve", "-", 0, args.duration, 0, {"failed": 1}, note=reason[:500]))
-                continue
+        try:
+            server = make_server(name, args, work, ours_env)
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            print(f"  {name}: could not be prepared: {reason}", file=sys.stderr, flush=True)
+            rows.append(LoadResult(name, "-", 0, args.duration, 0, {"failed": 1}, note=reason[:500]))
+            continue
         notes[name] = server.notes
         print(f"{server.label}: {'; '.join(server.notes)}", flush=True)
         rows.extend(bench_server(server, inputs, clients, args.duration, args.warmup))
@@ -239,6 +287,19 @@ def main(argv: list[str] | None = None) -> int:
         rows.extend(ceiling_rows(args.model, inputs, clients, max_batch, min(args.duration, 10.0), work, 0))
         notes["ceiling"] = [f"decode + preprocess + one forward of min(clients, {max_batch}) images + postprocess, "
                             "one thread driving, torch threads = cores, no HTTP; reported as images/s"]
+
+    interleaved: list[dict] = []
+    if args.interleaved_rounds and "leaf" in inputs:
+        print(f"interleaved rounds at {args.interleaved_clients} clients ...", flush=True)
+        servers = []
+        for name in (s for s in chosen if s != "ceiling"):
+            try:
+                servers.append(make_server(name, args, work / "interleaved", ours_env))
+            except Exception as exc:
+                print(f"  {name}: left out of the interleaved rounds: {exc}", file=sys.stderr, flush=True)
+        interleaved = interleaved_rounds(servers, args.model, inputs["leaf"], args.interleaved_clients,
+                                         max_batch if "ceiling" in chosen else 0, args.interleaved_rounds,
+                                         args.interleaved_duration, args.warmup, work / "interleaved")
 
     variant_rows: list[dict] = []
     if args.variants != "none":
@@ -267,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         "model_sha256": _sha256(args.model), "inputs": {k: v.describe() for k, v in inputs.items()},
         "clients": clients, "duration_s": args.duration, "warmup_s": args.warmup, "notes": notes,
         "ours_env": ours_env, "max_batch": max_batch, "rows": [asdict(r) for r in rows],
-        "variants": variant_rows, "overload": overload_summary, **measured,
+        "variants": variant_rows, "overload": overload_summary, "interleaved": interleaved,
+        "interleaved_clients": args.interleaved_clients, **measured,
     }
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

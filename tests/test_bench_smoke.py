@@ -10,7 +10,7 @@ from dataclasses import asdict
 from bench import report, systems
 from bench.inputs import prepare_inputs
 from bench.loadgen import LoadResult, percentile
-from bench.run import bench_server
+from bench.run import bench_server, interleaved_rounds
 
 
 def test_runner_measures_our_server_and_stops_it(tiny_bundle_path, tmp_path):
@@ -24,6 +24,17 @@ def test_runner_measures_our_server_and_stops_it(tiny_bundle_path, tmp_path):
         assert row.throughput > 0, row
         assert row.errors == {}, row
         assert row.p50_ms is not None and row.p50_ms <= row.p95_ms <= row.p99_ms <= row.max_ms
+
+
+def test_interleaved_rounds_measure_every_server_each_round_and_stop_them(tiny_bundle_path, tmp_path):
+    inputs = prepare_inputs(tmp_path / "inputs", ("leaf",))
+    server = systems.ours(tiny_bundle_path, tmp_path, {"TOMATO_TORCH_THREADS": "1"})
+    rows = interleaved_rounds([server], tiny_bundle_path, inputs["leaf"], clients=2, ceiling_batch=0, rounds=2,
+                              duration_s=1.0, warmup_s=0.2, work=tmp_path / "interleaved")
+
+    assert server.process is not None and server.process.poll() is not None, "the rounds must stop the server"
+    assert [(r["round"], r["system"]) for r in rows] == [(1, "ours"), (2, "ours")], rows
+    assert all(r["throughput"] > 0 and r["errors"] == 0 for r in rows), rows
 
 
 def test_runner_reports_a_server_that_cannot_start(tmp_path):
@@ -71,3 +82,19 @@ def test_report_writes_tables_targets_and_chart(tmp_path):
     assert "| leaf | 40.0 | 15.0 | 20.0 | 44.0 | 2.67× | 2.00× | 0.91× |" in text
     assert "429: 3" in text and "keep me" in text and "chart.png" in text
     assert "| compile | – | – | failed |" in text
+    assert "Not measured in this run" in text
+
+
+def test_report_takes_the_median_of_the_interleaved_ratios():
+    rounds = {1: (100.0, 50.0, 40.0, 125.0), 2: (90.0, 30.0, 60.0, 100.0), 3: (120.0, 40.0, 40.0, 200.0)}
+    results = {"interleaved_clients": 16, "rows": [], "inputs": {}, "variants": [], "interleaved": [
+        {"round": n, "system": system, "throughput": value, "p50_ms": None, "errors": 0}
+        for n, values in rounds.items() for system, value in zip(("ours", "baseline", "torchserve", "ceiling"), values)]}
+    ratios = report.interleaved_ratios(results)
+    assert ratios == {"baseline": [2.0, 3.0, 3.0], "torchserve": [2.5, 1.5, 3.0], "ceiling": [0.8, 0.9, 0.6]}
+    section = "\n".join(report.interleaved_section(results))
+    assert "| 2 | 90.0 | 30.0 | 60.0 | 100.0 | 3.00× | 1.50× | 0.90× |" in section
+    assert "**3.00×** | **2.50×** | **0.80×**" in section
+    target_rows = "\n".join(report.targets(results))
+    assert "2× TorchServe 0.12 at 16 clients, interleaved rounds (median of 3: 2.50×, 1.50×, 3.00×) | leaf | 2.50× | **yes**" in target_rows
+    assert "85 % of the in-process ceiling at 16 clients, interleaved rounds (median of 3: 80%, 90%, 60%) | leaf | 80% | **no**" in target_rows
