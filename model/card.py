@@ -1,7 +1,9 @@
 """Write trained_model/MODEL_CARD.md from evaluation.json files, so every figure in it is reproducible.
 
 `python -m model.card --shipped trained_model/tomato_leaf_lite0.pt --eval trained_model/evaluation.json
- --candidate NAME=path/to/evaluation.json [...] --out trained_model/MODEL_CARD.md`
+ --candidate NAME=path/to/evaluation.json [...] --choice-file trained_model/candidates/choice.md
+ --out trained_model/MODEL_CARD.md` (trained_model/candidates/ keeps the other candidates' headline figures
+ and the text on why the shipped one won, so the card can be redrawn without the training runs).
 """
 from __future__ import annotations
 
@@ -24,13 +26,13 @@ TRAIN_ARGS_SHOWN = ("image_size", "epochs", "batch_size", "lr", "warmup_epochs",
 
 
 def comparison_table(candidates: dict[str, dict]) -> str:
-    rows = ["| candidate | input | test top-1 | macro recall | ECE (calibrated) | parameters | file MB | CPU ms/img, batch 1 | CPU ms/img, batch 8 |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows = ["| candidate | input | test top-1 | macro recall | ECE (calibrated) | parameters | file MB | CPU ms/img, batch 1 | CPU ms/img, batch 8 | timed on |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, ev in candidates.items():
         speed = ev["speed_cpu_2_threads"]
         rows.append(f"| {name} | {ev['image_size']} px | {pct(ev['accuracy'])} | {pct(ev['macro_recall'])} | "
                     f"{pct(ev['ece_after'])} | {ev['parameters'] / 1e6:.2f} M | {ev['file_mb']} | "
-                    f"{speed['batch1_ms_per_image']} | {speed['batch8_ms_per_image']} |")
+                    f"{speed['batch1_ms_per_image']} | {speed['batch8_ms_per_image']} | {speed.get('cpu', 'not recorded')} |")
     return "\n".join(rows)
 
 
@@ -50,6 +52,14 @@ def robustness_table(ev: dict) -> str:
     return "\n".join(rows)
 
 
+def errors_table(ev: dict) -> str:
+    rows = ["| file | true class | model says (probability) | probability of the true class |", "| --- | --- | --- | --- |"]
+    for e in ev.get("errors", []):
+        rows.append(f"| `{e['file'].split('/')[-1]}` | {e['true']} | {e['predicted']} ({e['probability']:.3f}) | "
+                    f"{e['probability_of_true']:.3f} |")
+    return "\n".join(rows)
+
+
 def render(shipped: Path, ev: dict, candidates: dict[str, dict], choice: str, template: str) -> str:
     raw = torch.load(shipped, map_location="cpu", weights_only=True)
     display = dict(zip(raw["class_names"], raw["display_names"]))
@@ -62,6 +72,7 @@ def render(shipped: Path, ev: dict, candidates: dict[str, dict], choice: str, te
         "CHOICE": choice,
         "PER_CLASS": per_class_table(ev, display),
         "ROBUSTNESS": robustness_table(ev),
+        "ERRORS": errors_table(ev),
         "ACCURACY": pct(ev["accuracy"]),
         "MACRO_RECALL": pct(ev["macro_recall"]),
         "MACRO_F1": pct(ev["macro_f1"]),
@@ -71,6 +82,7 @@ def render(shipped: Path, ev: dict, candidates: dict[str, dict], choice: str, te
         "TEMPERATURE": f"{ev['temperature']:.3f}",
         "B1": str(ev["speed_cpu_2_threads"]["batch1_ms_per_image"]),
         "B8": str(ev["speed_cpu_2_threads"]["batch8_ms_per_image"]),
+        "CPU": str(ev["speed_cpu_2_threads"].get("cpu", "not recorded")),
         "SERVED_BACKEND": str(ev["speed_cpu_2_threads"].get("served_backend", "eager")),
         "SERVED_B1": str(ev["speed_cpu_2_threads"].get("served_batch1_ms_per_image", "not measured")),
         "SERVED_B8": str(ev["speed_cpu_2_threads"].get("served_batch8_ms_per_image", "not measured")),
@@ -93,12 +105,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval", type=Path, required=True, help="evaluation.json of the shipped bundle")
     p.add_argument("--candidate", action="append", default=[], help="NAME=evaluation.json (repeatable)")
     p.add_argument("--choice", default="", help="why the shipped candidate was chosen (markdown)")
+    p.add_argument("--choice-file", type=Path, help="the same, read from a markdown file")
     p.add_argument("--template", type=Path, default=Path(__file__).with_name("model_card_template.md"))
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     candidates = {name: json.loads(Path(path).read_text()) for name, path in (c.split("=", 1) for c in args.candidate)}
     ev = json.loads(args.eval.read_text())
-    args.out.write_text(render(args.shipped, ev, candidates, args.choice, args.template.read_text()))
+    choice = (args.choice_file.read_text() if args.choice_file else args.choice).strip()
+    args.out.write_text(render(args.shipped, ev, candidates, choice, args.template.read_text()))
     print(f"wrote {args.out}")
 
 

@@ -1,8 +1,8 @@
 """Evaluate a bundle on the held-out test split, through the same decode/preprocess path as serving.
 
 `python -m model.evaluate --model runs/x/bundle.pt --data DIR --split runs/x/split.csv --out DIR [--store]`
-writes evaluation.json (accuracy, per-class P/R/F1, calibration, robustness, speed) and
-confusion_matrix.png; `--store` also writes the metrics into the bundle itself.
+writes evaluation.json (accuracy, per-class P/R/F1, every misclassified file, calibration, robustness, speed),
+confusion_matrix.png and test_errors.png (the misclassified images); `--store` also writes the metrics into the bundle itself.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from model.calibration import expected_calibration_error
 from model.data import read_split
+from model.hardware import cpu_description
 
 Perturbation = Callable[[Image.Image], bytes]
 
@@ -66,6 +67,36 @@ def confusion_matrix(labels: torch.Tensor, predicted: torch.Tensor, n: int) -> l
     return matrix.tolist()
 
 
+def misclassified(files: list[str], labels: torch.Tensor, probs: torch.Tensor, class_names: list[str]) -> list[dict]:
+    """Every test image the model gets wrong, most confident mistake first: the list a reader needs to judge
+    whether an error is the model's or the label's (a few PlantVillage files are mislabelled or not leaves)."""
+    predicted = probs.argmax(1)
+    wrong = [i for i in range(len(files)) if predicted[i] != labels[i]]
+    rows = [{"file": files[i], "true": class_names[int(labels[i])], "predicted": class_names[int(predicted[i])],
+             "probability": round(float(probs[i, predicted[i]]), 3),
+             "probability_of_true": round(float(probs[i, labels[i]]), 3)} for i in wrong]
+    return sorted(rows, key=lambda r: -r["probability"])
+
+
+def plot_errors(errors: list[dict], data: Path, path: Path, columns: int = 4, side: int = 200) -> None:
+    """A contact sheet of the misclassified test images, each captioned true → predicted (probability)."""
+    from PIL import ImageDraw
+
+    rows = max(1, -(-len(errors) // columns))
+    caption = 30
+    sheet = Image.new("RGB", (columns * side, rows * (side + caption)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for k, error in enumerate(errors):
+        x, y = (k % columns) * side, (k // columns) * (side + caption)
+        with Image.open(data / error["file"]) as image:
+            thumb = image.convert("RGB")
+        thumb.thumbnail((side - 4, side - 4))
+        sheet.paste(thumb, (x + 2, y + caption))
+        draw.text((x + 4, y + 2), f"true: {error['true']}", fill="black")
+        draw.text((x + 4, y + 15), f"model: {error['predicted']} ({error['probability']:.2f})", fill="firebrick")
+    sheet.save(path, optimize=True)
+
+
 def plot_confusion(matrix: list[list[int]], names: list[str], path: Path) -> None:
     import matplotlib
 
@@ -87,6 +118,19 @@ def plot_confusion(matrix: list[list[int]], names: list[str], path: Path) -> Non
     plt.close(fig)
 
 
+def median_forward_ms(run: Callable[[torch.Tensor], object], side: int, batch: int, repeats: int = 30) -> float:
+    """Median wall time per image of `run` on a random (batch, 3, side, side) input, after 5 warm-up calls."""
+    x = torch.randn(batch, 3, side, side)
+    for _ in range(5):
+        run(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(x)
+        times.append((time.perf_counter() - start) * 1000 / batch)
+    return round(sorted(times)[len(times) // 2], 2)
+
+
 def measure_speed(bundle, threads: int = 2, repeats: int = 30) -> dict[str, float]:
     """Median CPU forward time per image at batch 1 and batch 8 (preprocessed input, no decode), for the eager
     network (`batchN_ms_per_image`) and for the engine the server runs (`served_batchN_ms_per_image`)."""
@@ -94,19 +138,11 @@ def measure_speed(bundle, threads: int = 2, repeats: int = 30) -> dict[str, floa
 
     torch.set_num_threads(threads)
     side = bundle.preprocess.image_size
-    result: dict = {"served_backend": bundle.engine.name}
+    result: dict = {"served_backend": bundle.engine.name, "cpu": cpu_description()}
     runners = {"": EagerEngine(bundle.network), "served_": bundle.engine}
     for prefix, run in runners.items():
         for batch in (1, 8):
-            x = torch.randn(batch, 3, side, side)
-            times = []
-            for _ in range(5):
-                run(x)
-            for _ in range(repeats):
-                start = time.perf_counter()
-                run(x)
-                times.append((time.perf_counter() - start) * 1000 / batch)
-            result[f"{prefix}batch{batch}_ms_per_image"] = round(sorted(times)[len(times) // 2], 2)
+            result[f"{prefix}batch{batch}_ms_per_image"] = median_forward_ms(run, side, batch, repeats)
     return result
 
 
@@ -145,6 +181,7 @@ def evaluate(model: Path, data: Path, split: Path, out: Path, robustness: bool =
         "macro_f1": sum(r["f1"] for r in report.values()) / len(report),
         "per_class": report,
         "confusion_matrix": confusion_matrix(labels, predicted, len(bundle.class_names)),
+        "errors": misclassified([s.path for s in test], labels, calibrated, bundle.class_names),
         "class_names": bundle.class_names,
         "temperature": bundle.temperature,
         "ece_before": expected_calibration_error(uncalibrated, labels),
@@ -162,6 +199,7 @@ def evaluate(model: Path, data: Path, split: Path, out: Path, robustness: bool =
             result["robustness"][name] = {"accuracy": acc, "drop_points": round((accuracy - acc) * 100, 2)}
     out.mkdir(parents=True, exist_ok=True)
     plot_confusion(result["confusion_matrix"], bundle.class_names, out / "confusion_matrix.png")
+    plot_errors(result["errors"], data, out / "test_errors.png")
     (out / "evaluation.json").write_text(json.dumps(result, indent=2))
     return result
 
