@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from flask import Flask, Response, current_app, g, jsonify, request
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException
 
 from inference import DEFAULT_BUNDLE_PATH, InvalidImage, MicroBatcher, ModelBundle, QueueFull, decode_image, load_bundle
@@ -28,6 +28,8 @@ from serving.metrics import create_metrics
 from serving.multipart import ApiRequest
 from serving.openapi import openapi_spec
 from serving.uploads import read_uploads
+from serving.workers import (default_worker_count, forget_worker, mark_ready, prepare_run_dir, ready_workers,
+                             remove_run_dir)
 
 DEFAULTS: dict[str, Any] = {
     "MODEL_PATH": str(DEFAULT_BUNDLE_PATH),  # the shipped bundle
@@ -42,6 +44,8 @@ DEFAULTS: dict[str, Any] = {
     "MAX_QUEUE": 64,  # images waiting for the batcher; beyond it requests get 429
     "REQUEST_TIMEOUT_S": 10.0,  # a request still waiting after this gets 504
     "TORCH_THREADS": 0,  # intra-op threads for the forward (torch and ONNX Runtime); 0 = number of CPU cores
+    "RUN_DIR": None,  # set by `python flask_server.py --workers N`: shared readiness markers (serving/workers.py)
+    "WORKERS": 1,  # worker processes that must be warm before /readyz says 200
     "API_TOKEN": None,  # when set, POST endpoints need "Authorization: Bearer <token>"
     "FEEDBACK_DIR": "feedback",  # where /feedback stores images and feedback.sqlite3
     "LOAD_IN_BACKGROUND": False,  # True: start serving at once, /readyz says 503 until the model is warm
@@ -57,7 +61,7 @@ class ServiceState:
         self.batcher: MicroBatcher | None = None
         self.load_error: str | None = None
         self.ready = threading.Event()
-        self.metrics = create_metrics(lambda: self.batcher.queue_depth if self.batcher else 0)
+        self.metrics = create_metrics()
         self.feedback = FeedbackStore(Path(app.config["FEEDBACK_DIR"]))
 
     def load(self) -> None:
@@ -71,12 +75,29 @@ class ServiceState:
                 max_batch_size=int(self.config["MAX_BATCH_SIZE"]),
                 max_wait_ms=float(self.config["BATCH_WAIT_MS"]),
                 max_queue=int(self.config["MAX_QUEUE"]),
-                on_batch=self.metrics.observe_batch,
+                on_batch=self.observe_batch,
             )
             self.ready.set()
+            if self.config["RUN_DIR"]:
+                mark_ready(Path(self.config["RUN_DIR"]))
         except Exception as exc:  # reported by /readyz and every /predict instead of crashing the worker
             self.load_error = f"{type(exc).__name__}: {exc}"
             raise
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        """Called by the batcher after each forward."""
+        self.metrics.observe_batch(size, seconds)
+        self.update_queue_depth()
+
+    def update_queue_depth(self) -> None:
+        self.metrics.queue_depth.set(self.batcher.queue_depth if self.batcher else 0)
+
+    def workers_ready(self) -> tuple[int, int]:
+        """(warm worker processes, expected): (1, 1) for a single process once its model is loaded."""
+        expected = int(self.config["WORKERS"])
+        if not self.config["RUN_DIR"]:
+            return int(self.ready.is_set()), 1
+        return ready_workers(Path(self.config["RUN_DIR"])), expected
 
     def require_ready(self) -> tuple[ModelBundle, MicroBatcher]:
         if not self.ready.is_set() or self.bundle is None or self.batcher is None:
@@ -136,7 +157,11 @@ def register_routes(app: Flask) -> None:
     @app.get("/readyz")
     def readyz() -> Response:
         bundle, _ = state().require_ready()
-        return jsonify(status="ready", model=bundle.describe())
+        warm, expected = state().workers_ready()
+        if warm < expected:
+            raise ApiError(503, "not_ready", f"{warm} of {expected} worker processes have their model warm",
+                           {"Retry-After": "2"})
+        return jsonify(status="ready", workers=expected, model=bundle.describe())
 
     @app.get("/v1/model")
     def model_info() -> Response:
@@ -153,7 +178,7 @@ def register_routes(app: Flask) -> None:
 
     @app.get("/metrics")
     def metrics() -> Response:
-        return Response(generate_latest(state().metrics.registry), mimetype=CONTENT_TYPE_LATEST)
+        return Response(state().metrics.render(), mimetype=CONTENT_TYPE_LATEST)
 
     @app.get("/openapi.json")
     def openapi() -> Response:
@@ -177,6 +202,7 @@ def register_routes(app: Flask) -> None:
             except QueueFull as exc:
                 raise ApiError(429, "overloaded", f"server is busy ({exc}); retry shortly",
                                {"Retry-After": "1"}) from None
+        state().update_queue_depth()
         deadline = decode_started + float(current_app.config["REQUEST_TIMEOUT_S"])
         results = []
         try:
@@ -276,7 +302,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
 
 def serve(argv: list[str] | None = None) -> None:
-    """Start gunicorn (one process, many threads: one batcher sees every concurrent request)."""
+    """Start gunicorn: one process per CPU core by default, each with many request threads feeding one batcher."""
     from gunicorn.app.base import BaseApplication
 
     parser = argparse.ArgumentParser(description="Serve the tomato-leaf classifier with gunicorn.")
@@ -286,23 +312,34 @@ def serve(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1 ...")
     parser.add_argument("--backend", default=None, choices=("auto", "eager", "onnxruntime"),
                         help="forward engine (default auto: ONNX Runtime on the CPU, eager PyTorch on CUDA)")
-    parser.add_argument("--workers", type=int, default=1, help="processes; each loads its own model copy")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="processes, each with its own model copy (~600 MiB) and batcher; 0 (default) = one per "
+                             "CPU core up to 4, or 1 on a GPU. Forward threads per process default to cores / workers")
     parser.add_argument("--threads", type=int, default=128,
                         help="request threads per process; keep it above MAX_QUEUE + MAX_BATCH_SIZE so that under "
                              "overload requests reach the batcher's bounded queue (429) instead of waiting unseen "
                              "in gunicorn's own queue")
     parser.add_argument("--graceful-timeout", type=int, default=20, help="seconds in-flight requests get on SIGTERM")
     args = parser.parse_args(argv)
-    overrides = {k: v for k, v in {"MODEL_PATH": args.model, "DEVICE": args.device, "BACKEND": args.backend}.items()
-                 if v}
-    overrides["LOAD_IN_BACKGROUND"] = True
+    overrides: dict[str, Any] = {k: v for k, v in {"MODEL_PATH": args.model, "DEVICE": args.device,
+                                                   "BACKEND": args.backend}.items() if v}
+    device = args.device or os.environ.get("TOMATO_DEVICE", "auto")
+    uses_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    workers = args.workers or default_worker_count(uses_cuda)
+    if not os.environ.get("TOMATO_TORCH_THREADS"):
+        overrides["TORCH_THREADS"] = max(1, (os.cpu_count() or 1) // workers)
+    run_dir = prepare_run_dir(workers)
+    overrides.update(LOAD_IN_BACKGROUND=True, WORKERS=workers, RUN_DIR=str(run_dir) if run_dir else None)
 
     class GunicornServer(BaseApplication):
         def load_config(self) -> None:
-            settings = {"bind": f"{args.host}:{args.port}", "workers": args.workers, "threads": args.threads,
+            settings = {"bind": f"{args.host}:{args.port}", "workers": workers, "threads": args.threads,
                         "worker_class": "gthread", "graceful_timeout": args.graceful_timeout, "timeout": 60,
                         "accesslog": "-", "errorlog": "-", "loglevel": "info", "backlog": 256,
                         "control_socket_disable": True}  # several servers may run side by side
+            if run_dir:
+                settings["child_exit"] = lambda _arbiter, worker: forget_worker(run_dir, worker.pid)
+                settings["on_exit"] = lambda _arbiter: remove_run_dir(run_dir)
             for key, value in settings.items():
                 self.cfg.set(key, value)
 

@@ -14,12 +14,17 @@ Variants (each runs in its own fresh Python process, so thread settings and comp
   onnxruntime-t1   ONNX Runtime with one intra-op thread
   no-draft         served, but JPEGs decoded at full size (decode_image(draft_side=None))
 Each variant reports images/s for every batch size and the time per image of each stage.
+
+`processes=P` (run_variants; bench.run uses it for the headline ceiling) runs P copies of a variant at once, each
+with cores / P threads, started together after every copy has loaded and warmed up, and sums their images/s: the
+same work in the same process layout as `python flask_server.py` (one worker per core by default).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -69,14 +74,14 @@ def variant_engine(variant: str, bundle, work: Path, cores: int, info: dict):
     raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
 
 
-def build_forward(variant: str, bundle, work: Path, batch_sizes: list[int]) -> tuple[Callable, dict]:
+def build_forward(variant: str, bundle, work: Path, batch_sizes: list[int], threads: int = 0) -> tuple[Callable, dict]:
     """Return forward(batch tensor) -> probabilities through the variant's engine (predict's own forward, so
     softmax and calibration are the server's), and facts about the setup (threads, compile time...)."""
     import torch
 
     from inference.predict import forward
 
-    cores = os.cpu_count() or 1
+    cores = threads or os.cpu_count() or 1
     threads = 1 if variant == "threads-1" else cores
     torch.set_num_threads(threads)
     info: dict = {"torch_threads": threads}
@@ -91,18 +96,31 @@ def build_forward(variant: str, bundle, work: Path, batch_sizes: list[int]) -> t
     return lambda batch: forward(bundle, batch), info
 
 
+def wait_for_start(barrier: Path | None, index: int, timeout_s: float = 600) -> None:
+    """With a barrier folder: say this copy is ready, then wait until the parent says go (all copies ready)."""
+    if barrier is None:
+        return
+    (barrier / f"ready-{index}").touch()
+    deadline = time.monotonic() + timeout_s
+    while not (barrier / "go").exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the other copies never got ready")
+        time.sleep(0.01)
+
+
 def measure_one(variant: str, model: Path, inputs: dict[str, Path], batch_sizes: list[int], duration_s: float,
-                work: Path) -> list[dict]:
+                work: Path, threads: int = 0, barrier: Path | None = None, index: int = 0) -> list[dict]:
     """Run inside a fresh process: every (input, batch size) for `duration_s` each."""
     import torch
 
     from inference import decode_image, load_bundle
     from inference.predict import postprocess, preprocess
 
-    torch.set_num_threads(1 if variant == "threads-1" else os.cpu_count() or 1)
+    torch.set_num_threads(1 if variant == "threads-1" else threads or os.cpu_count() or 1)
     backend = "auto" if variant in SERVED_PATH else "eager"
     bundle = load_bundle(model, device="cpu", warmup=True, backend=backend)
-    fn, info = build_forward(variant, bundle, work, batch_sizes)
+    fn, info = build_forward(variant, bundle, work, batch_sizes, threads)
+    wait_for_start(barrier, index)
     draft = None if variant == "no-draft" else 320
     draft_kw = {"draft_side": None} if draft is None else {}
     rows = []
@@ -137,25 +155,69 @@ def measure_one(variant: str, model: Path, inputs: dict[str, Path], batch_sizes:
     return rows
 
 
-def run_variants(variants: list[str], model: Path, inputs: dict[str, Path], batch_sizes: list[int],
-                 duration_s: float, work: Path, nice: int = 0, timeout_s: float = 1800) -> list[dict]:
-    """Each variant in its own subprocess; a variant that fails yields a row with its error instead."""
-    rows: list[dict] = []
-    work.mkdir(parents=True, exist_ok=True)
-    for variant in variants:
-        out = work / f"variant-{variant}.json"
+def merge_copies(copies: list[list[dict]]) -> list[dict]:
+    """One row per (input, batch) from P concurrent copies: images and images/s add up, stage times average."""
+    merged = []
+    for rows in zip(*copies):
+        first = dict(rows[0])
+        first["images"] = sum(r["images"] for r in rows)
+        first["images_per_s"] = sum(r["images_per_s"] for r in rows)
+        for key in (k for k in first if k.endswith("_ms_per_image")):
+            first[key] = sum(r[key] for r in rows) / len(rows)
+        first["processes"] = len(rows)
+        merged.append(first)
+    return merged
+
+
+def run_copies(variant: str, model: Path, inputs: dict[str, Path], batch_sizes: list[int], duration_s: float,
+               work: Path, processes: int, nice: int, timeout_s: float) -> list[dict]:
+    """`processes` copies of one variant, measured at the same time (see the module docstring)."""
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    barrier = work / f"barrier-{variant}-{processes}"
+    shutil.rmtree(barrier, ignore_errors=True)
+    barrier.mkdir(parents=True)
+    outs = [work / f"variant-{variant}-{processes}x-{i}.json" for i in range(processes)]
+    children = []
+    for index, out in enumerate(outs):
         out.unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "bench.ceiling_variants", "--one", variant, "--model", str(model),
                "--batches", ",".join(map(str, batch_sizes)), "--duration", str(duration_s), "--json", str(out),
                "--work", str(work), *sum((["--input", f"{k}={v}"] for k, v in inputs.items()), [])]
+        if processes > 1:
+            cmd += ["--threads", str(threads), "--barrier", str(barrier), "--index", str(index)]
         if nice:
             cmd = ["nice", "-n", str(nice), *cmd]
-        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
-        if done.returncode == 0 and out.exists():
-            rows.extend(json.loads(out.read_text()))
-        else:
-            tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-            rows.append({"variant": variant, "error": " | ".join(tail)[-400:]})
+        children.append(subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    if processes > 1:
+        deadline = time.monotonic() + timeout_s
+        while len(list(barrier.glob("ready-*"))) < processes and all(c.poll() is None for c in children):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        (barrier / "go").touch()
+    errors = []
+    for child in children:
+        try:
+            stdout, stderr = child.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            stdout, stderr = child.communicate()
+        if child.returncode != 0:
+            errors.append(" | ".join((stderr or stdout).strip().splitlines()[-3:])[-400:])
+    if errors or not all(out.exists() for out in outs):
+        return [{"variant": variant, "error": errors[0] if errors else "a copy wrote no result"}]
+    copies = [json.loads(out.read_text()) for out in outs]
+    return merge_copies(copies) if processes > 1 else copies[0]
+
+
+def run_variants(variants: list[str], model: Path, inputs: dict[str, Path], batch_sizes: list[int],
+                 duration_s: float, work: Path, nice: int = 0, timeout_s: float = 1800,
+                 processes: int = 1) -> list[dict]:
+    """Each variant in its own subprocess(es); a variant that fails yields a row with its error instead."""
+    rows: list[dict] = []
+    work.mkdir(parents=True, exist_ok=True)
+    for variant in variants:
+        rows.extend(run_copies(variant, model, inputs, batch_sizes, duration_s, work, processes, nice, timeout_s))
     return rows
 
 
@@ -166,7 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per input and batch size")
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
+    parser.add_argument("--processes", type=int, default=1, help="copies of each variant measured at once")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: measure one variant here
+    parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)  # internal, with --one
+    parser.add_argument("--barrier", type=Path, default=None, help=argparse.SUPPRESS)  # internal, with --one
+    parser.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)  # internal, with --one
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -181,9 +247,11 @@ def main(argv: list[str] | None = None) -> int:
 
         inputs = {k: v.path for k, v in prepare_inputs(work / "inputs").items()}
     if args.one:
-        rows = measure_one(args.one, args.model, inputs, batches, args.duration, work)
+        rows = measure_one(args.one, args.model, inputs, batches, args.duration, work, args.threads, args.barrier,
+                           args.index)
     else:
-        rows = run_variants(args.variants.split(","), args.model, inputs, batches, args.duration, work)
+        rows = run_variants(args.variants.split(","), args.model, inputs, batches, args.duration, work,
+                            processes=args.processes)
         for row in rows:
             print(json.dumps(row))
     if args.json:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 LABELS = {"ours": "ours (flask_server.py)", "baseline": "seed-tutorial baseline", "torchserve": "TorchServe 0.12",
-          "ceiling": "in-process ceiling (images/s)"}
+          "ceiling": "no-HTTP ceiling (images/s)"}
 ORDER = ("ours", "baseline", "torchserve", "ceiling")
 NOTES_START, NOTES_END = "<!-- notes:start -->", "<!-- notes:end -->"
 DEADLINE_S = 10.0  # flask_server.py DEFAULTS["REQUEST_TIMEOUT_S"]
@@ -67,7 +67,7 @@ def targets(results: dict) -> list[str]:
         ours, ceiling = find(rows, "ours", name, 16), find(rows, "ceiling", name, 16)
         if ours and ceiling and ceiling["throughput"]:
             share = ours["throughput"] / ceiling["throughput"]
-            lines.append(f"| ours ≥ 85 % of the in-process ceiling at 16 clients | {name} | {share:.0%} "
+            lines.append(f"| ours ≥ 85 % of the no-HTTP ceiling at 16 clients | {name} | {share:.0%} "
                          f"({ours['throughput']:.1f} req/s vs {ceiling['throughput']:.1f} img/s) | {mark(share >= 0.85)} |")
         for peer in ("baseline", "torchserve"):
             other = find(rows, peer, name, 16)
@@ -88,7 +88,7 @@ def targets(results: dict) -> list[str]:
     ratios = interleaved_ratios(results)
     for peer, ratio in ratios.items():
         median, wanted = _median(ratio), (0.85 if peer == "ceiling" else 2.0)
-        what = "85 % of the in-process ceiling" if peer == "ceiling" else f"2× {LABELS[peer]}"
+        what = "85 % of the no-HTTP ceiling" if peer == "ceiling" else f"2× {LABELS[peer]}"
         shown = f"{median:.0%}" if peer == "ceiling" else f"{median:.2f}×"
         spread = ", ".join(f"{r:.0%}" if peer == "ceiling" else f"{r:.2f}×" for r in ratio)
         lines.append(f"| ours ≥ {what} at {results.get('interleaved_clients', 16)} clients, interleaved rounds "
@@ -293,8 +293,9 @@ def write_markdown(results: dict, out: Path, chart: Path | None = None) -> str:
         "## In-process ceiling variants",
         "",
         "Decode + preprocess + one forward + postprocess in one process, no HTTP (`bench/ceiling_variants.py`; "
-        "each variant in a fresh process). `served` is what the server runs; `vs eager` compares with eager PyTorch "
-        "(the reference, and the server's forward before ONNX Runtime) at the same input and batch.",
+        "each variant in a fresh process, torch threads = cores unless the name says otherwise). `served` is the "
+        "server's engine (the ceiling above runs it in the server's process layout instead); `vs eager` compares "
+        "with eager PyTorch (the reference, and the server's forward before ONNX Runtime) at the same input and batch.",
         "",
         *variants_table(results.get("variants") or []),
         "",

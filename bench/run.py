@@ -97,17 +97,18 @@ def make_server(name: str, args: argparse.Namespace, work: Path, ours_env: dict[
         return systems.ours(args.model, work, ours_env, experiment=shlex.split(args.ours_experiment))
     if name == "baseline":
         return systems.baseline(args.model, work, args.baseline_server)
-    return systems.torchserve(args.model, work, args.ts_batch_size, args.ts_max_batch_delay,
+    return systems.torchserve(args.model, work, args.ts_batch_size, args.ts_max_batch_delay, args.ts_workers,
                               stock_transform=args.ts_stock_transform)
 
 
 def interleaved_rounds(servers: list[systems.ServerProcess], model: Path, item: BenchInput, clients: int,
-                       ceiling_batch: int, rounds: int, duration_s: float, warmup_s: float, work: Path) -> list[dict]:
+                       ceiling_batch: int, rounds: int, duration_s: float, warmup_s: float, work: Path,
+                       ceiling_processes: int = 1) -> list[dict]:
     """The headline comparison again, with every system measured in turn, `rounds` times over.
 
     On a shared VM the CPU available to us drifts by tens of percent from one minute to the next, so two systems
     measured minutes apart can differ by the drift alone. Here all servers are up at once (idle ones cost next to
-    nothing) and each round measures every one of them, then the in-process ceiling (batch `ceiling_batch`, 0 =
+    nothing) and each round measures every one of them, then the no-HTTP ceiling (batch `ceiling_batch`, 0 =
     skip), back to back: a ratio taken within one round compares like with like. One row per (round, system)."""
     from bench.ceiling_variants import run_variants
 
@@ -127,7 +128,8 @@ def interleaved_rounds(servers: list[systems.ServerProcess], model: Path, item: 
                             "p50_ms": result.p50_ms, "errors": result.error_count})
                 print(f"  round {number} {server.name:10s} {result.throughput:8.1f} req/s", flush=True)
             if ceiling_batch:
-                measured = run_variants(["served"], model, {"leaf": item.path}, [ceiling_batch], duration_s, work)
+                measured = run_variants(["served"], model, {"leaf": item.path}, [ceiling_batch], duration_s, work,
+                                        processes=ceiling_processes)
                 if measured and "error" not in measured[0]:
                     out.append({"round": number, "system": "ceiling", "throughput": measured[0]["images_per_s"],
                                 "p50_ms": None, "errors": 0})
@@ -145,13 +147,14 @@ def _fmt(value: float | None) -> str:
 
 
 def ceiling_rows(model: Path, inputs: dict[str, BenchInput], clients: list[int], max_batch: int,
-                 duration_s: float, work: Path, nice: int) -> list[LoadResult]:
-    """In-process ceiling at the batch size each concurrency allows (min(clients, max batch)), as images/s."""
+                 duration_s: float, work: Path, nice: int, processes: int = 1) -> list[LoadResult]:
+    """No-HTTP ceiling at the batch size each concurrency allows (min(clients, max batch)), as images/s, in
+    `processes` processes at once (the server's layout)."""
     from bench.ceiling_variants import run_variants
 
     batches = sorted({min(c, max_batch) for c in clients})
     measured = run_variants(["served"], model, {k: v.path for k, v in inputs.items()}, batches, duration_s,
-                            work / "ceiling", nice=nice)
+                            work / "ceiling", nice=nice, processes=processes)
     if measured and "error" in measured[0]:
         return [LoadResult("ceiling", "-", 0, duration_s, 0, {"failed": 1}, note=measured[0]["error"])]
     by_key = {(r["input"], r["batch"]): r for r in measured}
@@ -224,12 +227,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ours-experiment", default="", metavar="ARGS",
                         help='run ours through bench/ours_experimental.py, e.g. "--forward torchscript"')
     parser.add_argument("--ts-batch-size", type=int, default=16)
+    parser.add_argument("--ts-workers", type=int, default=1, help="TorchServe backend worker processes")
     parser.add_argument("--ts-max-batch-delay", type=int, default=5, help="TorchServe maxBatchDelay (ms)")
     parser.add_argument("--ts-stock-transform", action="store_true", help="TorchServe with the ImageNet transform")
     parser.add_argument("--interleaved-rounds", type=int, default=3,
                         help="rounds of the leaf comparison at --interleaved-clients with every system in turn (0: off)")
     parser.add_argument("--interleaved-clients", type=int, default=16)
     parser.add_argument("--interleaved-duration", type=float, default=10.0, help="seconds per system per round")
+    parser.add_argument("--ceiling-processes", type=int, default=0,
+                        help="processes the ceiling runs in at once (default: as many as flask_server.py's workers)")
     parser.add_argument("--variants", default="all", help="ceiling variants to measure: all, none, or a list")
     parser.add_argument("--variant-duration", type=float, default=8.0, help="seconds per variant/input/batch")
     parser.add_argument("--overload", default="200,20,60", help="locust USERS,RATE,SECONDS, or 'none'")
@@ -257,8 +263,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown systems {sorted(unknown)}")
     ours_env = parse_env(args.ours_env)
     from flask_server import DEFAULTS
+    from serving.workers import default_worker_count
 
     max_batch = int(ours_env.get("TOMATO_MAX_BATCH_SIZE", DEFAULTS["MAX_BATCH_SIZE"]))
+    ceiling_processes = args.ceiling_processes or default_worker_count(uses_cuda=False)
     started = time.time()
     jiffies_start = cpu_jiffies()
     info = machine_info()
@@ -283,10 +291,13 @@ def main(argv: list[str] | None = None) -> int:
         rows.extend(bench_server(server, inputs, clients, args.duration, args.warmup))
         measured.update(server.measured)
     if "ceiling" in chosen:
-        print("in-process ceiling ...", flush=True)
-        rows.extend(ceiling_rows(args.model, inputs, clients, max_batch, min(args.duration, 10.0), work, 0))
+        print("no-HTTP ceiling ...", flush=True)
+        rows.extend(ceiling_rows(args.model, inputs, clients, max_batch, min(args.duration, 10.0), work, 0,
+                                 ceiling_processes))
+        threads = max(1, (os.cpu_count() or 1) // ceiling_processes)
         notes["ceiling"] = [f"decode + preprocess + one forward of min(clients, {max_batch}) images + postprocess, "
-                            "one thread driving, torch threads = cores, no HTTP; reported as images/s"]
+                            f"no HTTP, in {ceiling_processes} process(es) at once with {threads} torch thread(s) each "
+                            "(the server's own layout: one worker per core), one thread driving each; images/s summed"]
 
     interleaved: list[dict] = []
     if args.interleaved_rounds and "leaf" in inputs:
@@ -299,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {name}: left out of the interleaved rounds: {exc}", file=sys.stderr, flush=True)
         interleaved = interleaved_rounds(servers, args.model, inputs["leaf"], args.interleaved_clients,
                                          max_batch if "ceiling" in chosen else 0, args.interleaved_rounds,
-                                         args.interleaved_duration, args.warmup, work / "interleaved")
+                                         args.interleaved_duration, args.warmup, work / "interleaved",
+                                         ceiling_processes)
 
     variant_rows: list[dict] = []
     if args.variants != "none":

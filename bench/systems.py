@@ -119,9 +119,18 @@ def _status_ok(url: str) -> Callable[[], bool]:
     return lambda: requests.get(url, timeout=2).status_code == 200
 
 
+def _our_workers(experiment: list[str]) -> int:
+    """The worker processes flask_server.py will start (its default unless the experiment passes --workers)."""
+    from serving.workers import default_worker_count
+
+    if "--workers" in experiment:
+        return int(experiment[experiment.index("--workers") + 1])
+    return default_worker_count(uses_cuda=False)
+
+
 def ours(model: Path, tmp: Path, env: dict[str, str] | None = None, threads: int = OURS_THREADS,
          experiment: list[str] | None = None) -> ServerProcess:
-    """flask_server.py exactly as documented (gunicorn, 1 process, gthread), on a free port.
+    """flask_server.py exactly as documented (gunicorn, one process per core, gthread), on a free port.
 
     `experiment` (e.g. ["--forward", "torchscript"]) runs it through bench/ours_experimental.py instead: the same
     server with one proposed change applied, for measuring before anyone edits flask_server.py."""
@@ -135,7 +144,8 @@ def ours(model: Path, tmp: Path, env: dict[str, str] | None = None, threads: int
         cmd=[PYTHON, *script, "--port", str(port), "--model", str(model), "--threads", str(threads)],
         predict_url=base + "/predict", ready=_status_ok(base + "/readyz"), env=env,
         log_path=tmp / f"ours-{port}.log",
-        notes=[f"gunicorn 1 process x {threads} gthread threads, micro-batcher; env: {knobs}"
+        notes=[f"gunicorn, {_our_workers(experiment or [])} process(es) x {threads} gthread threads, a micro-batcher "
+               f"in each; env: {knobs}"
                + (f"; EXPERIMENT bench/ours_experimental.py {' '.join(experiment)}" if experiment else "")],
     )
 

@@ -1,10 +1,16 @@
-"""Prometheus metrics, in a registry per app so several apps (tests) never collide."""
+"""Prometheus metrics, in a registry per app so several apps (tests) never collide.
+
+Under `python flask_server.py --workers N` (N > 1) prometheus-client runs in multiprocess mode
+(serving/workers.py): every worker writes its samples to shared files and `render` sums them.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from serving.workers import multiprocess_metrics
 
 
 @dataclass
@@ -21,11 +27,20 @@ class ServerMetrics:
         self.batch_size.observe(size)
         self.batch_seconds.observe(seconds)
 
+    def render(self) -> bytes:
+        """The text exposition: this app's registry, or in multiprocess mode every live worker's samples summed."""
+        if not multiprocess_metrics():
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged)
+        return generate_latest(merged)
 
-def create_metrics(queue_depth: Callable[[], float]) -> ServerMetrics:
+
+def create_metrics() -> ServerMetrics:
     registry = CollectorRegistry()
-    depth = Gauge("tomato_queue_depth", "Images waiting for the batcher", registry=registry)
-    depth.set_function(queue_depth)
+    # set on every submit and after every forward; "livesum" adds up the live workers' queues
+    depth = Gauge("tomato_queue_depth", "Images waiting for the batcher", registry=registry,
+                  multiprocess_mode="livesum")
     return ServerMetrics(
         registry=registry,
         requests=Counter("tomato_http_requests", "HTTP requests by endpoint and status", ["endpoint", "method", "status"],

@@ -94,8 +94,9 @@ def start_server(tmp_path):
     """Factory fixture: `start_server(model_path, extra_env={...})` -> ready LiveServer, stopped after the test."""
     servers: list[LiveServer] = []
 
-    def factory(model: Path, extra_env: dict[str, str] | None = None, threads: int = 32) -> LiveServer:
-        server = LiveServer(model, tmp_path, extra_env, threads)
+    def factory(model: Path, extra_env: dict[str, str] | None = None, threads: int = 32,
+                workers: int = 0) -> LiveServer:
+        server = LiveServer(model, tmp_path, extra_env, threads, workers)
         servers.append(server)
         return server.wait_ready()
 

@@ -57,7 +57,8 @@ def encode(img: Image.Image, fmt: str = "JPEG", **kwargs) -> bytes:
 class LiveServer:
     """A real `python flask_server.py` process (gunicorn) on a free loopback port."""
 
-    def __init__(self, model: Path, tmp: Path, extra_env: dict[str, str] | None = None, threads: int = 32) -> None:
+    def __init__(self, model: Path, tmp: Path, extra_env: dict[str, str] | None = None, threads: int = 32,
+                 workers: int = 0) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / f"server-{self.port}.log"
@@ -65,7 +66,7 @@ class LiveServer:
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(
             [sys.executable, str(ROOT / "flask_server.py"), "--port", str(self.port), "--model", str(model),
-             "--threads", str(threads)],
+             "--threads", str(threads), "--workers", str(workers)],
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
         )
 

@@ -217,6 +217,27 @@ def test_readyz_is_503_until_the_model_is_loaded(make_app, monkeypatch):
     assert client.get("/readyz").status_code == 200
 
 
+def test_readyz_waits_for_every_worker_process(make_app, tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "ready").mkdir(parents=True)
+    client = make_app(RUN_DIR=str(run_dir), WORKERS=2).test_client()  # this process is warm, its sibling is not
+    answer = client.get("/readyz")
+    assert_error(answer, 503, "not_ready")
+    assert "1 of 2" in answer.get_json()["error"]["message"] and answer.headers["Retry-After"] == "2"
+    (run_dir / "ready" / "999999").touch()  # what the sibling writes once its model is warm
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.get_json()["workers"] == 2
+
+
+def test_default_worker_count_is_one_per_core_capped_and_one_on_a_gpu():
+    from serving.workers import default_worker_count
+
+    assert default_worker_count(uses_cuda=False, cores=2) == 2
+    assert default_worker_count(uses_cuda=False, cores=64) == 4
+    assert default_worker_count(uses_cuda=False, cores=1) == 1
+    assert default_worker_count(uses_cuda=True, cores=16) == 1
+
+
 def test_metrics_count_requests_and_batches(client, leaf_bytes):
     client.post("/predict", data=files((leaf_bytes, "a.jpg"), (leaf_bytes, "b.jpg")))
     client.get("/nope")

@@ -5,6 +5,7 @@ and that the report writer produces the tables and the chart.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
 
 from bench import report, systems
@@ -35,6 +36,18 @@ def test_interleaved_rounds_measure_every_server_each_round_and_stop_them(tiny_b
     assert server.process is not None and server.process.poll() is not None, "the rounds must stop the server"
     assert [(r["round"], r["system"]) for r in rows] == [(1, "ours"), (2, "ours")], rows
     assert all(r["throughput"] > 0 and r["errors"] == 0 for r in rows), rows
+
+
+def test_ceiling_runs_copies_together_and_adds_them_up(tiny_bundle_path, tmp_path):
+    from bench.ceiling_variants import run_variants
+
+    inputs = {k: v.path for k, v in prepare_inputs(tmp_path / "inputs", ("leaf",)).items()}
+    rows = run_variants(["served"], tiny_bundle_path, inputs, [1, 2], 0.5, tmp_path / "ceiling", processes=2)
+
+    assert [(r["input"], r["batch"], r["processes"], r["torch_threads"]) for r in rows] == [
+        ("leaf", 1, 2, max(1, (os.cpu_count() or 1) // 2)), ("leaf", 2, 2, max(1, (os.cpu_count() or 1) // 2))], rows
+    assert all(r["images"] > 0 and r["images_per_s"] > 0 for r in rows), rows
+    assert sorted(p.name for p in (tmp_path / "ceiling" / "barrier-served-2").iterdir()) == ["go", "ready-0", "ready-1"]
 
 
 def test_runner_reports_a_server_that_cannot_start(tmp_path):
@@ -97,4 +110,4 @@ def test_report_takes_the_median_of_the_interleaved_ratios():
     assert "**3.00×** | **2.50×** | **0.80×**" in section
     target_rows = "\n".join(report.targets(results))
     assert "2× TorchServe 0.12 at 16 clients, interleaved rounds (median of 3: 2.50×, 1.50×, 3.00×) | leaf | 2.50× | **yes**" in target_rows
-    assert "85 % of the in-process ceiling at 16 clients, interleaved rounds (median of 3: 80%, 90%, 60%) | leaf | 80% | **no**" in target_rows
+    assert "85 % of the no-HTTP ceiling at 16 clients, interleaved rounds (median of 3: 80%, 90%, 60%) | leaf | 80% | **no**" in target_rows

@@ -48,6 +48,20 @@ def test_32_concurrent_requests_are_answered_correctly_and_batched(shipped_serve
     assert max(r.json()["predictions"][0]["batch_size"] for r in responses) > 1
 
 
+def test_two_worker_processes_answer_as_one_server(shipped_bundle_path, start_server):
+    server = start_server(shipped_bundle_path, workers=2)
+    assert requests.get(f"{server.url}/readyz", timeout=10).json()["workers"] == 2  # both models warm
+    paths = (sample_files() * 2)[:24]
+    with ThreadPoolExecutor(24) as pool:
+        responses = list(pool.map(lambda p: post_file(server.url, p), paths))
+    assert [r.json()["predictions"][0]["class_name"] for r in responses] == [class_of(p) for p in paths]
+    # every scrape, whichever process answers it (a new connection each), counts both processes' requests
+    for _ in range(4):
+        text = requests.get(f"{server.url}/metrics", timeout=10).text
+        assert 'tomato_http_requests_total{endpoint="/predict",method="POST",status="200"} 24.0' in text, text
+        assert float(re.search(r"^tomato_images_classified_total (\S+)", text, re.M).group(1)) == 24
+
+
 def test_overload_gives_429_then_recovers(shipped_bundle_path, start_server):
     server = start_server(shipped_bundle_path, {"TOMATO_MAX_QUEUE": "2", "TOMATO_MAX_BATCH_SIZE": "1",
                                                 "TOMATO_TORCH_THREADS": "1"}, threads=64)

@@ -1,0 +1,68 @@
+"""Several gunicorn worker processes acting as one server: shared metrics and one readiness answer.
+
+Each worker process has its own model copy and batcher (Python request handling holds the GIL, so on a 2-core
+machine one process per core answers about 30 % more requests than one process with two forward threads; see
+BENCHMARKS.md). Two things must then stay whole-server rather than per-process:
+
+* /metrics: prometheus-client's multiprocess mode, where every process writes its samples to files in one folder
+  and a scrape sums them, whichever worker answers it;
+* /readyz: 200 only when every worker has its model warm, so a load balancer never routes to a worker still loading.
+
+`python flask_server.py` sets this up; a bare `gunicorn -w N` gets per-process answers instead.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from prometheus_client import values
+from prometheus_client.multiprocess import mark_process_dead
+
+METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def default_worker_count(uses_cuda: bool, cores: int | None = None, cap: int = 4) -> int:
+    """One process per CPU core (capped: each holds ~600 MiB), or one for a GPU, which a single batcher feeds best."""
+    if uses_cuda:
+        return 1
+    return max(1, min(cores or os.cpu_count() or 1, cap))
+
+
+def prepare_run_dir(workers: int) -> Path | None:
+    """Before forking the workers: a fresh folder for shared metrics and readiness markers (None for 1 worker).
+
+    prometheus-client picks its value class when it is imported, so switching to multiprocess mode here also
+    swaps the class itself; metrics are created later, in each worker, and write to files under the folder.
+    """
+    if workers <= 1:
+        return None
+    run_dir = Path(tempfile.mkdtemp(prefix="tomato-leaf-server-"))
+    (run_dir / "metrics").mkdir()
+    (run_dir / "ready").mkdir()
+    os.environ[METRICS_ENV] = str(run_dir / "metrics")
+    values.ValueClass = values.MultiProcessValue()
+    return run_dir
+
+
+def multiprocess_metrics() -> bool:
+    return bool(os.environ.get(METRICS_ENV))
+
+
+def mark_ready(run_dir: Path, pid: int | None = None) -> None:
+    (Path(run_dir) / "ready" / str(pid or os.getpid())).touch()
+
+
+def ready_workers(run_dir: Path) -> int:
+    return sum(1 for _ in (Path(run_dir) / "ready").iterdir())
+
+
+def forget_worker(run_dir: Path, pid: int) -> None:
+    """gunicorn child_exit hook: a dead worker is neither ready nor counted in live gauges."""
+    (Path(run_dir) / "ready" / str(pid)).unlink(missing_ok=True)
+    mark_process_dead(pid, str(Path(run_dir) / "metrics"))
+
+
+def remove_run_dir(run_dir: Path) -> None:
+    shutil.rmtree(run_dir, ignore_errors=True)
