@@ -29,13 +29,19 @@ from bench.loadgen import percentile
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def worker_pid(master: int) -> int:
-    """gunicorn's worker (the process that holds the model) is the master's child; fall back to the master."""
+def worker_pids(master: int) -> list[int]:
+    """gunicorn's workers (each holds a model copy) are the master's children; fall back to the master."""
     try:
         children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-        return int(children[0]) if children else master
+        return [int(child) for child in children] or [master]
     except OSError:
-        return master
+        return [master]
+
+
+def workers_rss_kib(pids: list[int]) -> int | None:
+    """VmRSS summed over the workers (None if none could be read)."""
+    sizes = [size for size in (systems.vm_rss_kib(pid) for pid in pids) if size]
+    return sum(sizes) if sizes else None
 
 
 def run_overload(model: Path, image: Path, work: Path, users: int = 200, rate: int = 20, seconds: int = 60,
@@ -56,14 +62,15 @@ def run_overload(model: Path, image: Path, work: Path, users: int = 200, rate: i
         session = requests.Session()
         for _ in range(20):  # warm: first requests allocate buffers, fill the allocator's pools
             session.post(server.predict_url, data=image.read_bytes(), headers={"Content-Type": "image/jpeg"}, timeout=30)
-        pid = worker_pid(server.pid)
-        summary["rss_before_kib"] = systems.vm_rss_kib(pid)
+        pids = worker_pids(server.pid)
+        summary["workers"] = len(pids)
+        summary["rss_before_kib"] = workers_rss_kib(pids)
         peak = [summary["rss_before_kib"] or 0]
         stop = threading.Event()
 
         def sample() -> None:
             while not stop.wait(1.0):
-                rss = systems.vm_rss_kib(pid)
+                rss = workers_rss_kib(pids)
                 if rss:
                     peak[0] = max(peak[0], rss)
 
@@ -84,14 +91,14 @@ def run_overload(model: Path, image: Path, work: Path, users: int = 200, rate: i
                                   text=True, timeout=seconds + 120)
             (work / f"locust-{round_no + 1}.log").write_text(done.stdout + done.stderr)
             time.sleep(2.0)
-            summary["rss_after_round_kib"].append(systems.vm_rss_kib(pid))
+            summary["rss_after_round_kib"].append(workers_rss_kib(pids))
         samples = work / "samples.csv"
         prefix = work / "locust"
         summary["rounds"] = rounds
         time.sleep(2.0)  # let in-flight requests drain before reading memory again
         stop.set()
         sampler.join(5)
-        summary["rss_after_kib"] = systems.vm_rss_kib(pid)
+        summary["rss_after_kib"] = workers_rss_kib(pids)
         summary["rss_peak_kib"] = peak[0]
         summary["ready_after"] = requests.get(base + "/readyz", timeout=5).status_code
         summary.update(summarise_samples(samples))

@@ -211,7 +211,8 @@ def overload_section(overload: dict | None) -> list[str]:
         f"- Latency of the successful answers: worst 1-second p99 {_ms(overload['p99_ok_ms_max'])} ms, "
         f"whole-run p50/p95/p99 {_ms(overload['p50_ms'])}/{_ms(overload['p95_ms'])}/{_ms(overload['p99_ms'])} ms "
         "(successful answers only; a 429 is answered in a few ms).",
-        f"- Server RSS (VmRSS of the gunicorn worker): before {mib(overload['rss_before_kib'])}, peak "
+        f"- Server RSS (VmRSS of the {overload.get('workers', 1)} gunicorn worker(s), summed): before "
+        f"{mib(overload['rss_before_kib'])}, peak "
         f"{mib(overload['rss_peak_kib'])}, after {mib(overload['rss_after_kib'])}"
         + (f" (after each of {overload['rounds']} rounds: "
            f"{', '.join(mib(k) for k in overload['rss_after_round_kib'])})" if overload.get("rounds", 1) > 1 else "")

@@ -73,7 +73,7 @@ def openapi_spec() -> dict[str, Any]:
         "paths": {
             "/": {"get": {"summary": "Usage message", "responses": {"200": _json("usage")}}},
             "/livez": {"get": {"summary": "Process is alive", "responses": {"200": _json("alive")}}},
-            "/readyz": {"get": {"summary": "Model loaded and warmed up", "responses": {"200": _json("ready"), **_errors(503)}}},
+            "/readyz": {"get": {"summary": "Model loaded and warmed up in every worker process", "responses": {"200": _json("ready"), **_errors(503)}}},
             "/v1/model": {"get": {"summary": "Model name, classes, input size and test metrics",
                                   "responses": {"200": _json("model"), **_errors(503)}}},
             "/metrics": {"get": {"summary": "Prometheus metrics",
