@@ -1,6 +1,7 @@
 """Load the shipped model bundle once: network, transform, labels and calibration travel together."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 from inference.engines import Engine, build_engine
-from model.bundle import file_sha256, network_from_bundle, read_bundle
+from model.bundle import network_from_bundle, read_bundle
 from model.transforms import PreprocessConfig, Transform, build_transform
 
 DEFAULT_BUNDLE_PATH = Path(__file__).resolve().parent.parent / "trained_model" / "tomato_leaf_lite0.pt"
@@ -58,11 +59,12 @@ def load_bundle(path: str | Path = DEFAULT_BUNDLE_PATH, device: str | None = Non
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model bundle not found: {path}")
-    raw = read_bundle(path)
+    data = path.read_bytes()  # read once: the sha256 reported is that of the weights actually loaded
+    raw = read_bundle(path, data)
     target = resolve_device(device)
     network = network_from_bundle(raw).to(target).to(memory_format=torch.channels_last)
     preprocess = PreprocessConfig.from_dict(raw["preprocess"])
-    sha256 = file_sha256(path)
+    sha256 = hashlib.sha256(data).hexdigest()
     engine = build_engine(backend, network, target, sha256, preprocess.image_size, threads, cache_dir)
     bundle = ModelBundle(
         network=network,

@@ -6,6 +6,7 @@ and no side file (labels, config) can drift away from the weights.
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +52,12 @@ def save_bundle(
     )
 
 
-def read_bundle(path: Path) -> dict[str, Any]:
-    """Load and validate the raw bundle dictionary (safe loader: no pickled code runs)."""
-    raw = torch.load(path, map_location="cpu", weights_only=True)
+def read_bundle(path: Path, data: bytes | None = None) -> dict[str, Any]:
+    """Load and validate the raw bundle dictionary (safe loader: no pickled code runs).
+
+    `data`: the file's bytes when the caller already read them (to hash exactly what it loads)."""
+    source = io.BytesIO(data) if data is not None else path
+    raw = torch.load(source, map_location="cpu", weights_only=True)
     missing = [k for k in REQUIRED_KEYS if k not in raw]
     if missing:
         raise ValueError(f"{path}: not a model bundle, missing {missing}")

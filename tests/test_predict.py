@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import pytest
 import torch
@@ -26,6 +27,10 @@ def test_shipped_bundle_loads_with_the_safe_loader():
     assert len(raw["class_names"]) == 10
     assert raw["temperature"] > 0
     assert SHIPPED_BUNDLE.stat().st_size < 20e6
+
+
+def test_reported_sha256_is_that_of_the_file_loaded(shipped_bundle):
+    assert shipped_bundle.sha256 == hashlib.sha256(SHIPPED_BUNDLE.read_bytes()).hexdigest()
 
 
 def test_shipped_model_classifies_every_sample(shipped_bundle, samples):
