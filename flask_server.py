@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException
 
 from inference import DEFAULT_BUNDLE_PATH, InvalidImage, MicroBatcher, ModelBundle, QueueFull, decode_image, load_bundle
+from inference.bundle import resolve_device
 from inference.predict import preprocess
 from serving.errors import IMAGE_ERROR_STATUS, ApiError
 from serving.feedback import FeedbackStore
@@ -93,11 +94,10 @@ class ServiceState:
         self.metrics.queue_depth.set(self.batcher.queue_depth if self.batcher else 0)
 
     def workers_ready(self) -> tuple[int, int]:
-        """(warm worker processes, expected): (1, 1) for a single process once its model is loaded."""
-        expected = int(self.config["WORKERS"])
+        """(warm worker processes, expected), asked once this process is ready: (1, 1) without a shared run dir."""
         if not self.config["RUN_DIR"]:
-            return int(self.ready.is_set()), 1
-        return ready_workers(Path(self.config["RUN_DIR"])), expected
+            return 1, 1
+        return ready_workers(Path(self.config["RUN_DIR"])), int(self.config["WORKERS"])
 
     def require_ready(self) -> tuple[ModelBundle, MicroBatcher]:
         if not self.ready.is_set() or self.bundle is None or self.batcher is None:
@@ -323,9 +323,8 @@ def serve(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     overrides: dict[str, Any] = {k: v for k, v in {"MODEL_PATH": args.model, "DEVICE": args.device,
                                                    "BACKEND": args.backend}.items() if v}
-    device = args.device or os.environ.get("TOMATO_DEVICE", "auto")
-    uses_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    workers = args.workers or default_worker_count(uses_cuda)
+    device = resolve_device(args.device or os.environ.get("TOMATO_DEVICE"))
+    workers = args.workers or default_worker_count(uses_cuda=device.type == "cuda")
     if not os.environ.get("TOMATO_TORCH_THREADS"):
         overrides["TORCH_THREADS"] = max(1, (os.cpu_count() or 1) // workers)
     run_dir = prepare_run_dir(workers)

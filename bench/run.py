@@ -235,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interleaved-clients", type=int, default=16)
     parser.add_argument("--interleaved-duration", type=float, default=10.0, help="seconds per system per round")
     parser.add_argument("--ceiling-processes", type=int, default=0,
-                        help="processes the ceiling runs in at once (default: as many as flask_server.py's workers)")
+                        help="processes the ceiling runs in at once (default: as many workers as our server runs, "
+                             "--ours-experiment's --workers included)")
     parser.add_argument("--variants", default="all", help="ceiling variants to measure: all, none, or a list")
     parser.add_argument("--variant-duration", type=float, default=8.0, help="seconds per variant/input/batch")
     parser.add_argument("--overload", default="200,20,60", help="locust USERS,RATE,SECONDS, or 'none'")
@@ -263,10 +264,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown systems {sorted(unknown)}")
     ours_env = parse_env(args.ours_env)
     from flask_server import DEFAULTS
-    from serving.workers import default_worker_count
 
     max_batch = int(ours_env.get("TOMATO_MAX_BATCH_SIZE", DEFAULTS["MAX_BATCH_SIZE"]))
-    ceiling_processes = args.ceiling_processes or default_worker_count(uses_cuda=False)
+    ceiling_processes = args.ceiling_processes or systems.our_worker_count(shlex.split(args.ours_experiment))
     started = time.time()
     jiffies_start = cpu_jiffies()
     info = machine_info()
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         threads = max(1, (os.cpu_count() or 1) // ceiling_processes)
         notes["ceiling"] = [f"decode + preprocess + one forward of min(clients, {max_batch}) images + postprocess, "
                             f"no HTTP, in {ceiling_processes} process(es) at once with {threads} torch thread(s) each "
-                            "(the server's own layout: one worker per core), one thread driving each; images/s summed"]
+                            "(the server's own layout), one thread driving each; images/s summed"]
 
     interleaved: list[dict] = []
     if args.interleaved_rounds and "leaf" in inputs:

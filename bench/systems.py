@@ -119,7 +119,7 @@ def _status_ok(url: str) -> Callable[[], bool]:
     return lambda: requests.get(url, timeout=2).status_code == 200
 
 
-def _our_workers(experiment: list[str]) -> int:
+def our_worker_count(experiment: list[str]) -> int:
     """The worker processes flask_server.py will start (its default unless the experiment passes --workers)."""
     from serving.workers import default_worker_count
 
@@ -144,7 +144,7 @@ def ours(model: Path, tmp: Path, env: dict[str, str] | None = None, threads: int
         cmd=[PYTHON, *script, "--port", str(port), "--model", str(model), "--threads", str(threads)],
         predict_url=base + "/predict", ready=_status_ok(base + "/readyz"), env=env,
         log_path=tmp / f"ours-{port}.log",
-        notes=[f"gunicorn, {_our_workers(experiment or [])} process(es) x {threads} gthread threads, a micro-batcher "
+        notes=[f"gunicorn, {our_worker_count(experiment or [])} process(es) x {threads} gthread threads, a micro-batcher "
                f"in each; env: {knobs}"
                + (f"; EXPERIMENT bench/ours_experimental.py {' '.join(experiment)}" if experiment else "")],
     )

@@ -50,8 +50,8 @@ def multiprocess_metrics() -> bool:
     return bool(os.environ.get(METRICS_ENV))
 
 
-def mark_ready(run_dir: Path, pid: int | None = None) -> None:
-    (Path(run_dir) / "ready" / str(pid or os.getpid())).touch()
+def mark_ready(run_dir: Path) -> None:
+    (Path(run_dir) / "ready" / str(os.getpid())).touch()
 
 
 def ready_workers(run_dir: Path) -> int:
