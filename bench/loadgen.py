@@ -52,6 +52,7 @@ class LoadResult:
     p99_ms: float | None = None
     max_ms: float | None = None
     error_p99_ms: float | None = None  # p99 latency of the non-2xx answers (how fast overload is refused)
+    completed: int = 0  # every request that finished, warm-up and tail included (CPU per answer: bench/cpu.py)
     note: str = ""
 
     @property
@@ -92,6 +93,7 @@ def run_load(
     error_latencies: list[float] = []
     errors: Counter[str] = Counter()
     clock: dict[str, float] = {}
+    completed: list[int] = []
 
     def client() -> None:
         connection = urllib3.HTTPConnectionPool(target.hostname, target.port, maxsize=1, block=True, retries=False,
@@ -99,6 +101,7 @@ def run_load(
         mine_ok: list[float] = []
         mine_err: list[float] = []
         mine_errors: Counter[str] = Counter()
+        mine_completed = 0
         start_gate.wait()
         window_start, window_end = clock["start"], clock["end"]
         for _ in range(max_requests):
@@ -116,6 +119,7 @@ def run_load(
             except HTTPError as exc:
                 status = type(exc).__name__
             done = time.perf_counter()
+            mine_completed += 1
             if not (window_start <= done <= window_end):
                 continue  # warm-up, or finished after the window closed
             latency_ms = (done - sent) * 1000.0
@@ -129,6 +133,7 @@ def run_load(
             ok_latencies.extend(mine_ok)
             error_latencies.extend(mine_err)
             errors.update(mine_errors)
+            completed.append(mine_completed)
 
     threads = [threading.Thread(target=client, name=f"client-{i}", daemon=True) for i in range(clients)]
     for thread in threads:
@@ -154,4 +159,5 @@ def run_load(
         p99_ms=percentile(ok_latencies, 99),
         max_ms=ok_latencies[-1] if ok_latencies else None,
         error_p99_ms=percentile(error_latencies, 99),
+        completed=sum(completed),
     )

@@ -160,6 +160,25 @@ def interleaved_section(results: dict) -> list[str]:
     ratios = interleaved_ratios(results)
     lines.append("| median | " + " | ".join("" for _ in systems) + " | "
                  + " | ".join(f"**{_median(ratios[p]):.2f}×**" if p in ratios else "–" for p in peers) + " |")
+    return lines + cpu_per_answer_section(rows, systems)
+
+
+def cpu_per_answer_section(rows: list[dict], systems: list[str]) -> list[str]:
+    """Median CPU milliseconds per answer over the rounds (bench/cpu.py): where each system's time goes."""
+    keys = ("server_cpu_ms", "client_cpu_ms", "machine_cpu_ms")
+    if not any(key in r for r in rows for key in keys):
+        return []
+    lines = ["", "CPU per answer in the same rounds (median; `bench/cpu.py`). With every core busy, throughput is "
+             "cores × 1000 / the whole machine's CPU ms per answer, so these columns say where the gap to the "
+             "ceiling goes. For the ceiling, whose processes keep every core busy, the figure is cores / images per "
+             "second.", "",
+             "| system | server processes ms | load generator ms | whole machine ms |", "| --- | ---: | ---: | ---: |"]
+    for system in systems:
+        cells = []
+        for key in keys:
+            values = [r[key] for r in rows if r["system"] == system and r.get(key) is not None]
+            cells.append(f"{_median(values):.2f}" if values else "–")
+        lines.append(f"| {LABELS[system].split(' (')[0]} | " + " | ".join(cells) + " |")
     return lines
 
 

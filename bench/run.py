@@ -22,6 +22,7 @@ from pathlib import Path
 
 from bench import systems
 from bench.inputs import BenchInput, prepare_inputs
+from bench.cpu import CpuSnapshot, cpu_per_answer_ms, machine_busy_s
 from bench.loadgen import LoadResult, run_load
 from model.hardware import cpu_description
 
@@ -109,7 +110,9 @@ def interleaved_rounds(servers: list[systems.ServerProcess], model: Path, item: 
     On a shared VM the CPU available to us drifts by tens of percent from one minute to the next, so two systems
     measured minutes apart can differ by the drift alone. Here all servers are up at once (idle ones cost next to
     nothing) and each round measures every one of them, then the no-HTTP ceiling (batch `ceiling_batch`, 0 =
-    skip), back to back: a ratio taken within one round compares like with like. One row per (round, system)."""
+    skip), back to back: a ratio taken within one round compares like with like. One row per (round, system),
+    with the CPU milliseconds each answer cost the server, the load generator and the whole machine (bench/cpu.py;
+    for the ceiling, whose processes keep every core busy: cores / images per second)."""
     from bench.ceiling_variants import run_variants
 
     data = item.read()
@@ -122,17 +125,21 @@ def interleaved_rounds(servers: list[systems.ServerProcess], model: Path, item: 
             run_load(server.predict_url, data, clients, 3.0, server.build, warmup_s=0)  # prime every path
         for number in range(1, rounds + 1):
             for server in servers:
+                before = CpuSnapshot.take(server.pid)
                 result = run_load(server.predict_url, data, clients, duration_s, server.build, warmup_s=warmup_s,
                                   system=server.name, input_name="leaf")
+                cpu = cpu_per_answer_ms(before, CpuSnapshot.take(server.pid), result.completed)
                 out.append({"round": number, "system": server.name, "throughput": result.throughput,
-                            "p50_ms": result.p50_ms, "errors": result.error_count})
-                print(f"  round {number} {server.name:10s} {result.throughput:8.1f} req/s", flush=True)
+                            "p50_ms": result.p50_ms, "errors": result.error_count, **cpu})
+                print(f"  round {number} {server.name:10s} {result.throughput:8.1f} req/s  CPU ms/answer {cpu}",
+                      flush=True)
             if ceiling_batch:
                 measured = run_variants(["served"], model, {"leaf": item.path}, [ceiling_batch], duration_s, work,
                                         processes=ceiling_processes)
                 if measured and "error" not in measured[0]:
-                    out.append({"round": number, "system": "ceiling", "throughput": measured[0]["images_per_s"],
-                                "p50_ms": None, "errors": 0})
+                    rate = measured[0]["images_per_s"]
+                    out.append({"round": number, "system": "ceiling", "throughput": rate, "p50_ms": None,
+                                "errors": 0, "machine_cpu_ms": round(1000.0 * (os.cpu_count() or 1) / rate, 3)})
                     print(f"  round {number} ceiling    {measured[0]['images_per_s']:8.1f} img/s", flush=True)
     except Exception as exc:  # the rest of the report still stands; say what happened
         print(f"  interleaved rounds stopped: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
@@ -195,12 +202,10 @@ def machine_info() -> dict:
     }
 
 
-def cpu_jiffies() -> tuple[int, int]:
-    """(busy jiffies of the whole machine, jiffies used by this process and its reaped children)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    busy = sum(fields) - fields[3] - fields[4]  # minus idle and iowait
-    own = [int(x) for x in Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[11:15]]
-    return busy, sum(own)  # utime, stime, cutime, cstime
+def own_cpu_s() -> float:
+    """CPU seconds used by this process and its reaped children (the servers this run started and stopped)."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
 
 
 def parse_env(items: list[str]) -> dict[str, str]:
@@ -268,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     max_batch = int(ours_env.get("TOMATO_MAX_BATCH_SIZE", DEFAULTS["MAX_BATCH_SIZE"]))
     ceiling_processes = args.ceiling_processes or systems.our_worker_count(shlex.split(args.ours_experiment))
     started = time.time()
-    jiffies_start = cpu_jiffies()
+    busy_start, own_start = machine_busy_s(), own_cpu_s()
     info = machine_info()
     inputs = prepare_inputs(work / "inputs", tuple(args.inputs.split(",")))
     print(f"work dir {work}; inputs: " + "; ".join(f"{k}: {v.describe()}" for k, v in inputs.items()), flush=True)
@@ -327,11 +332,10 @@ def main(argv: list[str] | None = None) -> int:
         overload_summary = overload.run_overload(args.model, inputs["leaf"].path, work / "overload", users, rate,
                                                  seconds, ours_env, rounds=args.overload_rounds)
 
-    busy, own = (end - start for end, start in zip(cpu_jiffies(), jiffies_start))
-    hz = os.sysconf("SC_CLK_TCK")
+    foreign_s = max(0.0, (machine_busy_s() - busy_start) - (own_cpu_s() - own_start))
     elapsed = time.time() - started
-    info["foreign_cpu_s"] = round(max(0, busy - own) / hz)  # CPU used by processes this run did not start
-    info["foreign_cpu_share"] = round(max(0, busy - own) / hz / (elapsed * (os.cpu_count() or 1)), 3)
+    info["foreign_cpu_s"] = round(foreign_s)  # CPU used by processes this run did not start
+    info["foreign_cpu_share"] = round(foreign_s / (elapsed * (os.cpu_count() or 1)), 3)
     info["loadavg_at_end"] = os.getloadavg()
     command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "-m", "bench.run", *(argv or sys.argv[1:])])
     results = {

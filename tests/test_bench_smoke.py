@@ -36,6 +36,31 @@ def test_interleaved_rounds_measure_every_server_each_round_and_stop_them(tiny_b
     assert server.process is not None and server.process.poll() is not None, "the rounds must stop the server"
     assert [(r["round"], r["system"]) for r in rows] == [(1, "ours"), (2, "ours")], rows
     assert all(r["throughput"] > 0 and r["errors"] == 0 for r in rows), rows
+    for row in rows:  # the server's own CPU and the load generator's, per answer, are both real and part of the whole
+        assert row["server_cpu_ms"] > 0 and row["client_cpu_ms"] > 0, row
+        assert row["machine_cpu_ms"] >= 0.8 * (row["server_cpu_ms"] + row["client_cpu_ms"]), row
+
+
+def test_session_cpu_counts_every_process_of_a_server_session():
+    """A parent and its child each spend ~0.3 s of CPU, then idle: both count for the parent's session."""
+    import subprocess
+    import sys
+    import time
+
+    from bench.cpu import session_cpu_s
+
+    burn = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass\ntime.sleep(30)\n"
+    script = f"import subprocess, sys\nchild = subprocess.Popen([sys.executable, '-c', {burn!r}])\n{burn}"
+    process = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    try:
+        deadline = time.time() + 20
+        while (used := session_cpu_s(process.pid)) < 0.6 and time.time() < deadline:
+            time.sleep(0.2)
+        assert session_cpu_s(process.pid + 10_000_000) == 0.0  # no such session
+    finally:
+        os.killpg(process.pid, 9)
+        process.wait()
+    assert 0.6 <= used <= 3.0, used  # two burns (+ interpreter start-up); one process alone cannot get there
 
 
 def test_ceiling_runs_copies_together_and_adds_them_up(tiny_bundle_path, tmp_path):
@@ -111,3 +136,14 @@ def test_report_takes_the_median_of_the_interleaved_ratios():
     target_rows = "\n".join(report.targets(results))
     assert "2× TorchServe 0.12 at 16 clients, interleaved rounds (median of 3: 2.50×, 1.50×, 3.00×) | leaf | 2.50× | **yes**" in target_rows
     assert "85 % of the no-HTTP ceiling at 16 clients, interleaved rounds (median of 3: 80%, 90%, 60%) | leaf | 80% | **no**" in target_rows
+
+
+def test_report_shows_the_median_cpu_per_answer():
+    rows = [{"round": n, "system": "ours", "throughput": 400.0, "p50_ms": 40.0, "errors": 0,
+             "server_cpu_ms": server, "client_cpu_ms": 0.3, "machine_cpu_ms": server + 0.4}
+            for n, server in ((1, 4.0), (2, 5.0), (3, 4.2))]
+    rows.append({"round": 1, "system": "ceiling", "throughput": 600.0, "p50_ms": None, "errors": 0,
+                 "machine_cpu_ms": 3.333})
+    section = "\n".join(report.interleaved_section({"interleaved_clients": 16, "interleaved": rows}))
+    assert "| ours | 4.20 | 0.30 | 4.60 |" in section
+    assert "| no-HTTP ceiling | – | – | 3.33 |" in section

@@ -1,0 +1,59 @@
+"""Where the CPU goes: milliseconds of CPU per answered request, split between a server and our load generator.
+
+On a machine whose cores are all busy, throughput is (cores x 1000 ms/s) / (CPU ms one answer costs, everything
+on the machine included). So a ratio to the no-HTTP ceiling is a ratio of CPU per answer, and this module says
+which part of that cost belongs to the server under test and which to the load generator sharing its cores.
+Read from /proc (Linux), summed over every process of the server's session: gunicorn workers, TorchServe's JVM
+and its Python backends alike.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+CLOCK_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+
+
+def session_cpu_s(session_id: int) -> float:
+    """User + system CPU seconds used so far by the live processes of one session (a server started with
+    `start_new_session=True`, so its session id is its pid)."""
+    ticks = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[3]) == session_id:  # after the name: state ppid pgrp session ... utime(11) stime(12)
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks * CLOCK_TICK_S
+
+
+def machine_busy_s() -> float:
+    """CPU seconds every core together spent busy since boot (not idle, not waiting for I/O)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(fields) - fields[3] - fields[4]) * CLOCK_TICK_S
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    server_s: float  # the server's session
+    client_s: float  # this process: the load generator's threads
+    machine_s: float  # everything
+
+    @classmethod
+    def take(cls, server_session: int) -> "CpuSnapshot":
+        return cls(session_cpu_s(server_session), time.process_time(), machine_busy_s())
+
+
+def cpu_per_answer_ms(before: CpuSnapshot, after: CpuSnapshot, answers: int) -> dict[str, float]:
+    """Milliseconds of CPU per answer between two snapshots: server, load generator, whole machine."""
+    if answers <= 0:
+        return {}
+    scale = 1000.0 / answers
+    return {"server_cpu_ms": round((after.server_s - before.server_s) * scale, 3),
+            "client_cpu_ms": round((after.client_s - before.client_s) * scale, 3),
+            "machine_cpu_ms": round((after.machine_s - before.machine_s) * scale, 3)}
