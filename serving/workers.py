@@ -21,6 +21,7 @@ from prometheus_client import values
 from prometheus_client.multiprocess import mark_process_dead
 
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+RUN_DIR_PREFIX = "tomato-leaf-server-"  # + the master's pid + "-" + a random part
 
 
 def default_worker_count(uses_cuda: bool, cores: int | None = None, cap: int = 4) -> int:
@@ -38,12 +39,35 @@ def prepare_run_dir(workers: int) -> Path | None:
     """
     if workers <= 1:
         return None
-    run_dir = Path(tempfile.mkdtemp(prefix="tomato-leaf-server-"))
+    remove_stale_run_dirs(Path(tempfile.gettempdir()))
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-"))
     (run_dir / "metrics").mkdir()
     (run_dir / "ready").mkdir()
     os.environ[METRICS_ENV] = str(run_dir / "metrics")
     values.ValueClass = values.MultiProcessValue()
     return run_dir
+
+
+def remove_stale_run_dirs(parent: Path) -> list[Path]:
+    """Delete the run folders of servers that no longer run. A master that exits removes its own (on_exit), but
+    one killed with SIGKILL cannot; its pid is in the folder name, so the next server start cleans up after it."""
+    removed = []
+    for folder in parent.glob(f"{RUN_DIR_PREFIX}*-*"):
+        pid = folder.name[len(RUN_DIR_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _process_exists(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def multiprocess_metrics() -> bool:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import threading
 import time
 
@@ -227,6 +228,26 @@ def test_readyz_waits_for_every_worker_process(make_app, tmp_path):
     (run_dir / "ready" / "999999").touch()  # what the sibling writes once its model is warm
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.get_json()["workers"] == 2
+
+
+def test_a_killed_servers_run_folder_is_removed_by_the_next_start(tmp_path):
+    """The master's pid is in its run folder's name; folders of pids that no longer exist are swept."""
+    import subprocess
+    import sys
+
+    from serving.workers import RUN_DIR_PREFIX, remove_stale_run_dirs
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # reaped: its pid no longer exists
+    stale = tmp_path / f"{RUN_DIR_PREFIX}{gone.pid}-abc"
+    live = tmp_path / f"{RUN_DIR_PREFIX}{os.getpid()}-def"
+    unrelated = tmp_path / f"{RUN_DIR_PREFIX}notapid-ghi"
+    for folder in (stale, live, unrelated):
+        (folder / "metrics").mkdir(parents=True)
+        (folder / "metrics" / "counter_1.db").write_bytes(b"x")
+
+    assert remove_stale_run_dirs(tmp_path) == [stale]
+    assert not stale.exists() and live.exists() and unrelated.exists()
 
 
 def test_default_worker_count_is_one_per_core_capped_and_one_on_a_gpu():
