@@ -10,7 +10,7 @@ from werkzeug.formparser import FormDataParser
 
 from serving.multipart import FastFormDataParser
 
-BIG = bytes(range(256)) * 4096  # 1 MiB: Werkzeug's default container spills it to a temporary file
+BIG = bytes(range(256)) * 4096  # 1 MiB: Werkzeug's default container would spill it to a temporary file
 
 
 def parse(parser_class: type[FormDataParser], body: bytes, content_type: str, **limits) -> tuple[list, list]:
@@ -60,3 +60,16 @@ def test_limits_raise_413_like_werkzeug(limits, fields):
     for parser_class in (FormDataParser, FastFormDataParser):
         with pytest.raises(RequestEntityTooLarge):
             parse(parser_class, body, content_type, **limits)
+
+
+def test_big_file_parts_stay_in_memory(monkeypatch):
+    """A phone-sized upload is read from one in-memory buffer: no temporary file is created for it."""
+    import tempfile
+
+    def no_temp_files(*args, **kwargs):
+        raise AssertionError("a temporary file was created for an upload")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", no_temp_files)
+    monkeypatch.setattr(tempfile, "SpooledTemporaryFile", no_temp_files)
+    body, content_type = encode_multipart_formdata({"file": ("phone.jpg", BIG * 3, "image/jpeg")})
+    assert parse(FastFormDataParser, body, content_type)[1] == [("file", "phone.jpg", "image/jpeg", BIG * 3)]
