@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 API_PORT ?= 5000
 PAGE_PORT ?= 8501
 
-.PHONY: install bench-deps browser run api page test smoke bench clean
+.PHONY: install bench-deps browser run api page test smoke bench card clean
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -39,6 +39,16 @@ test: install bench-deps browser
 
 bench: bench-deps  ## the full side-by-side benchmark (about 25 minutes; run it on a quiet machine)
 	$(PY) -m bench.run --duration 20 --out BENCHMARKS.md
+
+CANDIDATES := trained_model/candidates
+card: install  ## redraw trained_model/MODEL_CARD.md from the evaluation files (after `python -m model.evaluate`)
+	$(PY) -m model.card --shipped trained_model/tomato_leaf_lite0.pt --eval trained_model/evaluation.json \
+	  --candidate "Lite0 160 px (shipped, 1.1.0), 16 epochs from ImageNet=trained_model/evaluation.json" \
+	  --candidate "Lite0 160 px, 6 epochs from ImageNet + 4 at a lower rate (1.0.0, shipped before)=$(CANDIDATES)/lite0_160px_two_stage.json" \
+	  --candidate "Lite0 192 px, +3 epochs at 192 px from 1.0.0=$(CANDIDATES)/lite0_192px.json" \
+	  --candidate "Lite0 160 px, stage 1 only (6 epochs from ImageNet)=$(CANDIDATES)/lite0_160px_stage1.json" \
+	  --candidate "Lite0 128 px, +1 epoch from stage 1=$(CANDIDATES)/lite0_128px.json" \
+	  --choice-file $(CANDIDATES)/choice.md --out trained_model/MODEL_CARD.md
 
 smoke: install  ## flask_test.py against a server already running on API_PORT
 	$(PY) flask_test.py --url http://127.0.0.1:$(API_PORT)

@@ -90,7 +90,7 @@ def render(shipped: Path, ev: dict, candidates: dict[str, dict], choice: str, te
         "HISTORY": "\n".join(f"| {h['epoch']} | {h['train_loss']:.3f} | {pct(h['train_acc'])} | {pct(h['val_acc'])} | "
                              f"{h['seconds']:.0f} |" for h in history),
         "TRAIN_ARGS": " ".join(f"--{k.replace('_', '-')} {v}" for k, v in raw["provenance"].get("train_args", {}).items()
-                               if k in TRAIN_ARGS_SHOWN),
+                               if k in TRAIN_ARGS_SHOWN and v not in (None, "None")),
         "DATA": DATA,
     }
     text = template

@@ -59,8 +59,8 @@ def test_batch_equals_one_by_one(shipped_bundle, samples):
 
 
 def _as_mode(image: Image.Image, mode: str) -> bytes:
-    if mode == "I;16":  # 16-bit grey, as scientific cameras and some scanners write it
-        return encode(image.convert("L").point(lambda v: v * 256, "I").convert("I;16"), "PNG")
+    if mode == "I;16":  # 16-bit grey, as scientific cameras and some scanners write it (8 -> 16 bit: v * 257)
+        return encode(image.convert("L").point(lambda v: v * 257, "I").convert("I;16"), "PNG")
     return encode(image.convert(mode), "TIFF" if mode == "CMYK" else "PNG")
 
 
