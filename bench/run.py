@@ -21,8 +21,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bench import systems
-from bench.inputs import BenchInput, prepare_inputs
 from bench.cpu import CpuSnapshot, cpu_per_answer_ms, machine_busy_s
+from bench.inputs import BenchInput, prepare_inputs
 from bench.loadgen import LoadResult, run_load
 from model.hardware import cpu_description
 

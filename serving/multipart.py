@@ -29,9 +29,8 @@ CHUNK_BYTES = 64 * 1024
 class _PartCollector:
     """python-multipart callbacks -> (field name, str) pairs and (field name, FileStorage) pairs."""
 
-    def __init__(self, parser: FormDataParser, content_length: int | None) -> None:
+    def __init__(self, parser: FormDataParser) -> None:
         self.parser = parser
-        self.content_length = content_length
         self.fields: list[tuple[str, str]] = []
         self.files: list[tuple[str, FileStorage]] = []
         self.parts = 0
@@ -103,7 +102,7 @@ class FastFormDataParser(FormDataParser):
         boundary = options.get("boundary", "").encode("ascii")
         if not boundary:
             raise ValueError("Missing boundary")
-        collector = _PartCollector(self, content_length)
+        collector = _PartCollector(self)
         parser = MultipartParser(boundary, collector.callbacks())
         while chunk := stream.read(CHUNK_BYTES):
             parser.write(chunk)
