@@ -38,6 +38,12 @@ def machine_busy_s() -> float:
     return (sum(fields) - fields[3] - fields[4]) * CLOCK_TICK_S
 
 
+def own_cpu_s() -> float:
+    """CPU seconds used by this process and its reaped children (the servers a run started and stopped)."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
 @dataclass(frozen=True)
 class CpuSnapshot:
     server_s: float  # the server's session

@@ -21,9 +21,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bench import systems
-from bench.cpu import CpuSnapshot, cpu_per_answer_ms, machine_busy_s
+from bench.cpu import CpuSnapshot, cpu_per_answer_ms, machine_busy_s, own_cpu_s
 from bench.inputs import BenchInput, prepare_inputs
 from bench.loadgen import LoadResult, run_load
+from model.bundle import file_sha256
 from model.hardware import cpu_description
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,7 +141,7 @@ def interleaved_rounds(servers: list[systems.ServerProcess], model: Path, item: 
                     rate = measured[0]["images_per_s"]
                     out.append({"round": number, "system": "ceiling", "throughput": rate, "p50_ms": None,
                                 "errors": 0, "machine_cpu_ms": round(1000.0 * (os.cpu_count() or 1) / rate, 3)})
-                    print(f"  round {number} ceiling    {measured[0]['images_per_s']:8.1f} img/s", flush=True)
+                    print(f"  round {number} ceiling    {rate:8.1f} img/s", flush=True)
     except Exception as exc:  # the rest of the report still stands; say what happened
         print(f"  interleaved rounds stopped: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
     finally:
@@ -200,12 +201,6 @@ def machine_info() -> dict:
         **{pkg: ver(pkg) for pkg in ("torch", "torchvision", "flask", "gunicorn", "pillow", "urllib3", "torchserve",
                                      "torch-model-archiver", "onnxruntime", "onnx", "locust", "matplotlib")},
     }
-
-
-def own_cpu_s() -> float:
-    """CPU seconds used by this process and its reaped children (the servers this run started and stopped)."""
-    times = os.times()
-    return times.user + times.system + times.children_user + times.children_system
 
 
 def parse_env(items: list[str]) -> dict[str, str]:
@@ -341,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(started)),
         "elapsed_s": round(time.time() - started), "machine": info, "model": str(args.model),
-        "model_sha256": _sha256(args.model), "inputs": {k: v.describe() for k, v in inputs.items()},
+        "model_sha256": file_sha256(args.model)[:12], "inputs": {k: v.describe() for k, v in inputs.items()},
         "clients": clients, "duration_s": args.duration, "warmup_s": args.warmup, "notes": notes,
         "ours_env": ours_env, "max_batch": max_batch, "rows": [asdict(r) for r in rows],
         "variants": variant_rows, "overload": overload_summary, "interleaved": interleaved,
@@ -355,12 +350,6 @@ def main(argv: list[str] | None = None) -> int:
     report.write_markdown(results, args.out, chart=args.chart)
     print(f"wrote {args.out}" + (f" and {args.chart}" if args.chart else "") + f"; raw results {work / 'results.json'}")
     return 0
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
 
 if __name__ == "__main__":
