@@ -33,9 +33,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        high = arr.max() if arr.size else 0.0
-        scale = 255.0 / (65535.0 if high > 255 else 255.0)
-        return Image.fromarray(np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8), "L").convert("RGB")
+        if arr.size and arr.max() > 255:  # 16-bit samples: keep the high byte (as libpng's strip_16 does), exact
+            arr = np.floor(arr / 256.0)  # for both usual 8 -> 16 bit expansions, v * 256 and v * 257
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), "L").convert("RGB")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
