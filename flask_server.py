@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import hmac
 import os
+import runpy
 import threading
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -29,8 +30,9 @@ from serving.metrics import create_metrics
 from serving.multipart import ApiRequest
 from serving.openapi import openapi_spec
 from serving.uploads import read_uploads
-from serving.workers import (default_worker_count, forget_worker, mark_ready, prepare_run_dir, ready_workers,
-                             remove_run_dir)
+from serving.workers import default_worker_count, mark_ready, ready_workers
+
+GUNICORN_CONFIG = Path(__file__).resolve().parent / "gunicorn.conf.py"
 
 DEFAULTS: dict[str, Any] = {
     "MODEL_PATH": str(DEFAULT_BUNDLE_PATH),  # the shipped bundle
@@ -45,7 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_QUEUE": 64,  # images waiting for the batcher; beyond it requests get 429
     "REQUEST_TIMEOUT_S": 10.0,  # a request still waiting after this gets 504
     "TORCH_THREADS": 0,  # intra-op threads for the forward (torch and ONNX Runtime); 0 = number of CPU cores
-    "RUN_DIR": None,  # set by `python flask_server.py --workers N`: shared readiness markers (serving/workers.py)
+    "RUN_DIR": None,  # set by gunicorn's on_starting hook for several workers: shared readiness markers
     "WORKERS": 1,  # worker processes that must be warm before /readyz says 200
     "API_TOKEN": None,  # when set, POST endpoints need "Authorization: Bearer <token>"
     "FEEDBACK_DIR": "feedback",  # where /feedback stores images and feedback.sqlite3
@@ -302,10 +304,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
 
 def serve(argv: list[str] | None = None) -> None:
-    """Start gunicorn: one process per CPU core by default, each with many request threads feeding one batcher."""
+    """Start gunicorn with the settings in gunicorn.conf.py and this command line's options on top."""
     from gunicorn.app.base import BaseApplication
 
-    parser = argparse.ArgumentParser(description="Serve the tomato-leaf classifier with gunicorn.")
+    parser = argparse.ArgumentParser(description="Serve the tomato-leaf classifier with gunicorn (gunicorn.conf.py).")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5000)
     parser.add_argument("--model", default=None, help="model bundle .pt (default: the shipped one)")
@@ -315,35 +317,30 @@ def serve(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=0,
                         help="processes, each with its own model copy (~600 MiB) and batcher; 0 (default) = one per "
                              "CPU core up to 4, or 1 on a GPU. Forward threads per process default to cores / workers")
-    parser.add_argument("--threads", type=int, default=128,
-                        help="request threads per process; keep it above MAX_QUEUE + MAX_BATCH_SIZE so that under "
-                             "overload requests reach the batcher's bounded queue (429) instead of waiting unseen "
-                             "in gunicorn's own queue")
-    parser.add_argument("--graceful-timeout", type=int, default=20, help="seconds in-flight requests get on SIGTERM")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="request threads per process (default 128); keep it above MAX_QUEUE + MAX_BATCH_SIZE so "
+                             "that under overload requests reach the batcher's bounded queue (429) instead of "
+                             "waiting unseen in gunicorn's own queue")
+    parser.add_argument("--graceful-timeout", type=int, default=None,
+                        help="seconds in-flight requests get on SIGTERM (default 20)")
     args = parser.parse_args(argv)
     overrides: dict[str, Any] = {k: v for k, v in {"MODEL_PATH": args.model, "DEVICE": args.device,
                                                    "BACKEND": args.backend}.items() if v}
     device = resolve_device(args.device or os.environ.get("TOMATO_DEVICE"))
-    workers = args.workers or default_worker_count(uses_cuda=device.type == "cuda")
-    if not os.environ.get("TOMATO_TORCH_THREADS"):
-        overrides["TORCH_THREADS"] = max(1, (os.cpu_count() or 1) // workers)
-    run_dir = prepare_run_dir(workers)
-    overrides.update(LOAD_IN_BACKGROUND=True, WORKERS=workers, RUN_DIR=str(run_dir) if run_dir else None)
+    options = {"bind": [f"{args.host}:{args.port}"],
+               "workers": args.workers or default_worker_count(uses_cuda=device.type == "cuda"),
+               "threads": args.threads, "graceful_timeout": args.graceful_timeout}
 
     class GunicornServer(BaseApplication):
         def load_config(self) -> None:
-            settings = {"bind": f"{args.host}:{args.port}", "workers": workers, "threads": args.threads,
-                        "worker_class": "gthread", "graceful_timeout": args.graceful_timeout, "timeout": 60,
-                        "accesslog": "-", "errorlog": "-", "loglevel": "info", "backlog": 256,
-                        "control_socket_disable": True}  # several servers may run side by side
-            if run_dir:
-                settings["child_exit"] = lambda _arbiter, worker: forget_worker(run_dir, worker.pid)
-                settings["on_exit"] = lambda _arbiter: remove_run_dir(run_dir)
+            settings = runpy.run_path(str(GUNICORN_CONFIG))  # what gunicorn's own CLI does with a config file
+            settings.update({k: v for k, v in options.items() if v is not None})
             for key, value in settings.items():
-                self.cfg.set(key, value)
+                if key in self.cfg.settings:
+                    self.cfg.set(key, value)
 
         def load(self) -> Flask:
-            return create_app(overrides)
+            return create_app(overrides)  # in each worker, after the fork; on_starting has set its environment
 
     GunicornServer().run()
 

@@ -29,7 +29,7 @@ def save_bundle(
     metrics: dict[str, Any] | None = None,
     provenance: dict[str, Any] | None = None,
     name: str = "tomato-leaf-efficientnet-lite0",
-    version: str = "1.0.0",
+    version: str = "0.0.0-dev",
 ) -> None:
     """Write the bundle; float32 weights keep it near 13 MB for Lite0."""
     path.parent.mkdir(parents=True, exist_ok=True)

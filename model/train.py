@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--init-from", type=Path, default=None,
                    help="start from this bundle's weights (e.g. to fine-tune a trained model at another input size)")
     p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear learning-rate warm-up before cosine decay")
+    p.add_argument("--version", default="0.0.0-dev",
+                   help="model version written into the bundle (served by /v1/model and every answer); set it when shipping")
     p.add_argument("--limit", type=int, default=0, help="use only this many training images (smoke runs)")
     return p.parse_args(argv)
 
@@ -179,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
         preprocess,
         temperature=temperature,
         metrics={"val_accuracy": best_acc, "history": history},
+        version=args.version,
         provenance={
             "data": "PlantVillage tomato subset (Hughes & Salathe 2015), CC BY-SA 3.0",
             "split": "by leaf_group, sha256(leaf_group) % 100: <10 test, <20 val, else train",

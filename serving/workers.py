@@ -8,7 +8,8 @@ BENCHMARKS.md). Two things must then stay whole-server rather than per-process:
   and a scrape sums them, whichever worker answers it;
 * /readyz: 200 only when every worker has its model warm, so a load balancer never routes to a worker still loading.
 
-`python flask_server.py` sets this up; a bare `gunicorn -w N` gets per-process answers instead.
+The gunicorn hooks at the end set this up in the master, before the first worker forks; gunicorn.conf.py installs
+them, and both `python flask_server.py` and a plain `gunicorn` started in the project folder read that file.
 """
 from __future__ import annotations
 
@@ -16,12 +17,14 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import values
 from prometheus_client.multiprocess import mark_process_dead
 
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 RUN_DIR_PREFIX = "tomato-leaf-server-"  # + the master's pid + "-" + a random part
+RUN_DIR_ENV = "TOMATO_RUN_DIR"  # create_app reads its settings from TOMATO_* variables, which workers inherit
 
 
 def default_worker_count(uses_cuda: bool, cores: int | None = None, cap: int = 4) -> int:
@@ -90,3 +93,32 @@ def forget_worker(run_dir: Path, pid: int) -> None:
 
 def remove_run_dir(run_dir: Path) -> None:
     shutil.rmtree(run_dir, ignore_errors=True)
+
+
+# gunicorn server hooks (installed by gunicorn.conf.py); `arbiter` is gunicorn's master object.
+
+def on_starting(arbiter: Any) -> None:
+    """Master, before any fork: the shared run folder, and the settings each worker's create_app reads from the
+    environment (worker count for /readyz, load the model in the background, forward threads = cores / workers)."""
+    if arbiter.cfg.preload_app:
+        raise SystemExit("--preload is not supported: each worker must load its model after the fork "
+                         "(the batcher's thread would not survive it)")
+    workers = arbiter.cfg.workers
+    run_dir = prepare_run_dir(workers)
+    os.environ["TOMATO_WORKERS"] = str(workers)
+    os.environ["TOMATO_LOAD_IN_BACKGROUND"] = "true"
+    if run_dir:
+        os.environ[RUN_DIR_ENV] = str(run_dir)
+    else:
+        os.environ.pop(RUN_DIR_ENV, None)
+    os.environ.setdefault("TOMATO_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+
+
+def child_exit(arbiter: Any, worker: Any) -> None:
+    if os.environ.get(RUN_DIR_ENV):
+        forget_worker(Path(os.environ[RUN_DIR_ENV]), worker.pid)
+
+
+def on_exit(arbiter: Any) -> None:
+    if os.environ.get(RUN_DIR_ENV):
+        remove_run_dir(Path(os.environ[RUN_DIR_ENV]))

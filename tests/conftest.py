@@ -95,8 +95,8 @@ def start_server(tmp_path):
     servers: list[LiveServer] = []
 
     def factory(model: Path, extra_env: dict[str, str] | None = None, threads: int = 32,
-                workers: int = 0) -> LiveServer:
-        server = LiveServer(model, tmp_path, extra_env, threads, workers)
+                workers: int = 0, launcher: str = "flask_server") -> LiveServer:
+        server = LiveServer(model, tmp_path, extra_env, threads, workers, launcher)
         servers.append(server)
         return server.wait_ready()
 

@@ -55,20 +55,26 @@ def encode(img: Image.Image, fmt: str = "JPEG", **kwargs) -> bytes:
 
 
 class LiveServer:
-    """A real `python flask_server.py` process (gunicorn) on a free loopback port."""
+    """A real server process on a free loopback port: `python flask_server.py` (launcher "flask_server"), or a plain
+    `gunicorn` started in the project folder, which reads gunicorn.conf.py by itself (launcher "gunicorn")."""
 
     def __init__(self, model: Path, tmp: Path, extra_env: dict[str, str] | None = None, threads: int = 32,
-                 workers: int = 0) -> None:
+                 workers: int = 0, launcher: str = "flask_server") -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / f"server-{self.port}.log"
         env = {**os.environ, "TOMATO_FEEDBACK_DIR": str(tmp / "feedback"), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+        if launcher == "flask_server":
+            command = [sys.executable, str(ROOT / "flask_server.py"), "--port", str(self.port), "--model", str(model),
+                       "--threads", str(threads), "--workers", str(workers)]
+        elif launcher == "gunicorn":
+            env["TOMATO_MODEL_PATH"] = str(model)
+            command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.port}", "--threads", str(threads)]
+            command += ["--workers", str(workers)] if workers else []
+        else:
+            raise ValueError(f"unknown launcher {launcher!r}")
         self._log = open(self.log_path, "w")
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "flask_server.py"), "--port", str(self.port), "--model", str(model),
-             "--threads", str(threads), "--workers", str(workers)],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-        )
+        self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 120.0) -> "LiveServer":
         deadline = time.time() + timeout

@@ -1,15 +1,20 @@
 """The real thing: `python flask_server.py` (gunicorn) on a free port, spoken to over real HTTP."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import pytest
 import requests
-from support import ROOT, class_of, sample_files
+from serving.workers import RUN_DIR_PREFIX
+from support import ROOT, class_of, free_port, sample_files
 
 
 def post_file(url: str, path, timeout: float = 60) -> requests.Response:
@@ -48,9 +53,13 @@ def test_32_concurrent_requests_are_answered_correctly_and_batched(shipped_serve
     assert max(r.json()["predictions"][0]["batch_size"] for r in responses) > 1
 
 
-def test_two_worker_processes_answer_as_one_server(shipped_bundle_path, start_server):
-    server = start_server(shipped_bundle_path, workers=2)
+@pytest.mark.parametrize("launcher", ["flask_server", "gunicorn"])
+def test_two_worker_processes_answer_as_one_server(shipped_bundle_path, start_server, launcher):
+    """Also started as a plain `gunicorn --workers 2`: gunicorn.conf.py gives it the same whole-server answers."""
+    server = start_server(shipped_bundle_path, workers=2, launcher=launcher)
     assert requests.get(f"{server.url}/readyz", timeout=10).json()["workers"] == 2  # both models warm
+    run_dirs = [p for p in Path(tempfile.gettempdir()).glob(f"{RUN_DIR_PREFIX}{server.process.pid}-*")]
+    assert len(run_dirs) == 1, run_dirs
     paths = (sample_files() * 2)[:24]
     with ThreadPoolExecutor(24) as pool:
         responses = list(pool.map(lambda p: post_file(server.url, p), paths))
@@ -60,6 +69,9 @@ def test_two_worker_processes_answer_as_one_server(shipped_bundle_path, start_se
         text = requests.get(f"{server.url}/metrics", timeout=10).text
         assert 'tomato_http_requests_total{endpoint="/predict",method="POST",status="200"} 24.0' in text, text
         assert float(re.search(r"^tomato_images_classified_total (\S+)", text, re.M).group(1)) == 24
+    assert "POST /predict" in server.log()  # access log
+    assert server.stop() == 0
+    assert not run_dirs[0].exists()  # the shared metrics folder goes with the server
 
 
 def test_overload_gives_429_then_recovers(shipped_bundle_path, start_server):
@@ -97,3 +109,12 @@ def test_sigterm_lets_in_flight_requests_finish(tiny_bundle_path, start_server):
     assert results == [200] * 6, results
     assert exit_code == 0, server.log()
     assert "Handling signal: term" in server.log()
+
+
+def test_plain_gunicorn_refuses_preload(tiny_bundle_path, tmp_path):
+    """--preload would load the model in the master and fork its batcher away: stop with a reason instead."""
+    env = {**os.environ, "TOMATO_MODEL_PATH": str(tiny_bundle_path), "TOMATO_FEEDBACK_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "gunicorn", "--preload", "--bind", f"127.0.0.1:{free_port()}"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "--preload is not supported" in result.stdout + result.stderr

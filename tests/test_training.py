@@ -50,12 +50,13 @@ def test_training_runs_writes_split_and_bundle_and_resumes(tmp_path):
     assert (out / "bundle.pt").exists() and (out / "checkpoint.pt").exists()
     split = read_split(out / "split.csv")
     assert len(split) == len(read_manifest(DATA_ROOT))
-    second = subprocess.run(command + ["--epochs", "2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    second = subprocess.run(command + ["--epochs", "2", "--version", "2.0.0-rc1"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resumed after epoch 1" in second.stdout
     raw = torch.load(out / "bundle.pt", weights_only=True)
     assert [h["epoch"] for h in raw["metrics"]["history"]] == [1, 2]
     assert raw["preprocess"]["image_size"] == 64 and len(raw["class_names"]) == 10
+    assert raw["version"] == "2.0.0-rc1"
 
 
 @needs_data

@@ -1,0 +1,31 @@
+"""gunicorn settings for the tomato-leaf API, the one place they are written.
+
+`python flask_server.py` loads this file and applies its command-line options on top; a plain `gunicorn` started in
+this folder reads it by itself (gunicorn's default config file), so `gunicorn --bind 0.0.0.0:8000 --workers 4` is the
+same server: one process per core by default, each loading its model after the fork, whole-server /metrics and
+/readyz across the workers (serving/workers.py), access logs, and in-flight requests finished on SIGTERM.
+"""
+import os
+
+from inference.bundle import resolve_device
+from serving import workers as _workers
+
+wsgi_app = "flask_server:create_app()"
+bind = ["127.0.0.1:5000"]
+worker_class = "gthread"
+workers = _workers.default_worker_count(uses_cuda=resolve_device(os.environ.get("TOMATO_DEVICE")).type == "cuda")
+# Above MAX_QUEUE + MAX_BATCH_SIZE: under overload, requests reach the batcher's bounded queue (a quick 429)
+# instead of waiting unseen in gunicorn's own queue.
+threads = 128
+backlog = 256
+timeout = 60
+graceful_timeout = 20
+accesslog = "-"
+errorlog = "-"
+loglevel = "info"
+control_socket_disable = True  # several servers may run side by side
+preload_app = False
+
+on_starting = _workers.on_starting
+child_exit = _workers.child_exit
+on_exit = _workers.on_exit
