@@ -1,4 +1,4 @@
-"""The real thing: `python flask_server.py` (gunicorn) on a free port, spoken to over real HTTP."""
+"""The real thing: `python flask_server.py` (gunicorn), or a plain `gunicorn`, on a free port, over real HTTP."""
 from __future__ import annotations
 
 import os
@@ -58,7 +58,7 @@ def test_two_worker_processes_answer_as_one_server(shipped_bundle_path, start_se
     """Also started as a plain `gunicorn --workers 2`: gunicorn.conf.py gives it the same whole-server answers."""
     server = start_server(shipped_bundle_path, workers=2, launcher=launcher)
     assert requests.get(f"{server.url}/readyz", timeout=10).json()["workers"] == 2  # both models warm
-    run_dirs = [p for p in Path(tempfile.gettempdir()).glob(f"{RUN_DIR_PREFIX}{server.process.pid}-*")]
+    run_dirs = list(Path(tempfile.gettempdir()).glob(f"{RUN_DIR_PREFIX}{server.process.pid}-*"))
     assert len(run_dirs) == 1, run_dirs
     paths = (sample_files() * 2)[:24]
     with ThreadPoolExecutor(24) as pool:
