@@ -23,7 +23,6 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException
 
 from inference import DEFAULT_BUNDLE_PATH, InvalidImage, MicroBatcher, ModelBundle, QueueFull, decode_image, load_bundle
-from inference.bundle import resolve_device
 from inference.predict import preprocess
 from serving.errors import IMAGE_ERROR_STATUS, ApiError
 from serving.feedback import FeedbackStore
@@ -31,7 +30,7 @@ from serving.metrics import create_metrics
 from serving.multipart import ApiRequest
 from serving.openapi import openapi_spec
 from serving.uploads import read_uploads
-from serving.workers import default_worker_count, mark_ready, ready_workers
+from serving.workers import mark_ready, ready_workers
 
 GUNICORN_CONFIG = Path(__file__).resolve().parent / "gunicorn.conf.py"
 
@@ -330,12 +329,11 @@ def serve(argv: list[str] | None = None) -> None:
     parser.add_argument("--graceful-timeout", type=int, default=None,
                         help="seconds in-flight requests get on SIGTERM (default 20)")
     args = parser.parse_args(argv)
-    overrides: dict[str, Any] = {k: v for k, v in {"MODEL_PATH": args.model, "DEVICE": args.device,
-                                                   "BACKEND": args.backend}.items() if v}
-    device = resolve_device(args.device or os.environ.get("TOMATO_DEVICE"))
-    options = {"bind": [f"{args.host}:{args.port}"],
-               "workers": args.workers or default_worker_count(uses_cuda=device.type == "cuda"),
-               "threads": args.threads, "graceful_timeout": args.graceful_timeout}
+    overrides: dict[str, Any] = {k: v for k, v in {"MODEL_PATH": args.model, "BACKEND": args.backend}.items() if v}
+    if args.device:  # gunicorn.conf.py sizes its default worker count by the device; every worker reads it too
+        os.environ["TOMATO_DEVICE"] = args.device
+    options = {"bind": [f"{args.host}:{args.port}"], "workers": args.workers or None, "threads": args.threads,
+               "graceful_timeout": args.graceful_timeout}
 
     class GunicornServer(BaseApplication):
         def load_config(self) -> None:

@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="start from this bundle's weights (e.g. to fine-tune a trained model at another input size)")
     p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear learning-rate warm-up before cosine decay")
     p.add_argument("--version", default="0.0.0-dev",
-                   help="model version written into the bundle (served by /v1/model and every answer); set it when shipping")
+                   help="model version written into the bundle (served by /v1/model and in every answer)")
     p.add_argument("--limit", type=int, default=0, help="use only this many training images (smoke runs)")
     return p.parse_args(argv)
 
