@@ -120,12 +120,13 @@ def _status_ok(url: str) -> Callable[[], bool]:
 
 
 def our_worker_count(experiment: list[str]) -> int:
-    """The worker processes flask_server.py will start (its default unless the experiment passes --workers)."""
-    from serving.workers import default_worker_count
+    """The worker processes flask_server.py will start: --workers from the experiment, else gunicorn.conf.py's."""
+    import runpy
 
-    if "--workers" in experiment:
-        return int(experiment[experiment.index("--workers") + 1])
-    return default_worker_count(uses_cuda=False)
+    from flask_server import GUNICORN_CONFIG
+
+    given = int(experiment[experiment.index("--workers") + 1]) if "--workers" in experiment else 0
+    return given or int(runpy.run_path(str(GUNICORN_CONFIG))["workers"])  # 0 means the default there too
 
 
 def ours(model: Path, tmp: Path, env: dict[str, str] | None = None, threads: int = OURS_THREADS,
