@@ -43,8 +43,10 @@ bench: bench-deps  ## the full side-by-side benchmark (about 25 minutes; run it 
 CANDIDATES := trained_model/candidates
 card: install  ## redraw trained_model/MODEL_CARD.md from the evaluation files (after `python -m model.evaluate`)
 	$(PY) -m model.card --shipped trained_model/tomato_leaf_lite0.pt --eval trained_model/evaluation.json \
-	  --candidate "Lite0 160 px (shipped, 1.1.0), 16 epochs from ImageNet=trained_model/evaluation.json" \
-	  --candidate "Lite0 160 px, 6 epochs from ImageNet + 4 at a lower rate (1.0.0, shipped before)=$(CANDIDATES)/lite0_160px_two_stage.json" \
+	  --reject trained_model/reject/reject.json \
+	  --candidate "Lite0 160 px + leaf head (shipped, 2.0.0), fine-tuned from 1.1.0 with negatives=trained_model/evaluation.json" \
+	  --candidate "Lite0 160 px (1.1.0, shipped before), 16 epochs from ImageNet=$(CANDIDATES)/lite0_160px_1.1.0.json" \
+	  --candidate "Lite0 160 px, 6 epochs from ImageNet + 4 at a lower rate (1.0.0)=$(CANDIDATES)/lite0_160px_two_stage.json" \
 	  --candidate "Lite0 192 px, +3 epochs at 192 px from 1.0.0=$(CANDIDATES)/lite0_192px.json" \
 	  --candidate "Lite0 160 px, stage 1 only (6 epochs from ImageNet)=$(CANDIDATES)/lite0_160px_stage1.json" \
 	  --candidate "Lite0 128 px, +1 epoch from stage 1=$(CANDIDATES)/lite0_128px.json" \

@@ -24,6 +24,7 @@ from werkzeug.exceptions import HTTPException
 
 from inference import DEFAULT_BUNDLE_PATH, InvalidImage, MicroBatcher, ModelBundle, QueueFull, decode_image, load_bundle
 from inference.predict import preprocess
+from model.verdict import NOT_A_TOMATO_LEAF
 from serving.errors import IMAGE_ERROR_STATUS, ApiError
 from serving.feedback import FeedbackStore
 from serving.metrics import create_metrics
@@ -179,6 +180,7 @@ def register_routes(app: Flask) -> None:
             input_size=bundle.preprocess.image_size,
             preprocess=bundle.preprocess.to_dict(),
             temperature=bundle.temperature,
+            verdict_rule=bundle.verdict_rule.to_dict(),
             metrics={k: v for k, v in bundle.metrics.items() if k != "history"},
             provenance={k: v for k, v in bundle.provenance.items() if k != "train_args"},
         )
@@ -220,6 +222,8 @@ def register_routes(app: Flask) -> None:
                 future.cancel()
             raise ApiError(504, "timeout", "the model did not answer within the request deadline") from None
         state().metrics.images.inc(len(results))
+        for result in results:
+            state().metrics.verdicts.labels(result.prediction.verdict).inc()
         predictions = [
             {
                 "filename": upload.filename,
@@ -246,9 +250,10 @@ def register_routes(app: Flask) -> None:
         correct = request.form.get("correct_class", "").strip()
         predicted = request.form.get("predicted_class", "").strip() or None
         comment = request.form.get("comment", "").strip()[:2000] or None
+        allowed = [*bundle.class_names, NOT_A_TOMATO_LEAF]  # "the photo is not a tomato leaf" is a correction too
         for name, value in (("correct_class", correct), ("predicted_class", predicted)):
-            if (value or name == "correct_class") and value not in bundle.class_names:
-                raise ApiError(400, "bad_parameter", f"{name} must be one of {bundle.class_names}, got {value!r}")
+            if (value or name == "correct_class") and value not in allowed:
+                raise ApiError(400, "bad_parameter", f"{name} must be one of {allowed}, got {value!r}")
         item_id = state().feedback.add(upload.data, predicted, correct, comment, bundle.sha256)
         return jsonify(id=item_id, stored=True), 201
 

@@ -1,7 +1,8 @@
 """Smoke test of a RUNNING server over real HTTP: `python flask_test.py [--url http://127.0.0.1:5000]`.
 
 Posts every sample in inference_image/ (named <class>_<n>.jpg), checks status, response schema and
-that each prediction names the file's class, sends one bad input, prints a table, and exits non-zero
+that each prediction is "diagnosed" with the file's class; posts the photos in inference_image/not_a_leaf/
+and checks each comes back "not_tomato_leaf"; sends one bad input, prints a table, and exits non-zero
 on any failure.
 """
 from __future__ import annotations
@@ -14,11 +15,15 @@ from pathlib import Path
 import requests
 
 SAMPLES = Path(__file__).resolve().parent / "inference_image"
-PREDICTION_KEYS = {"class_name", "display_name", "probability", "top_k", "probabilities", "timing_ms"}
+NOT_LEAF_SAMPLES = SAMPLES / "not_a_leaf"
+PREDICTION_KEYS = {"class_name", "display_name", "probability", "top_k", "probabilities", "verdict", "leaf_score",
+                   "timing_ms"}
+NOT_A_LEAF = "not_tomato_leaf"
 
 
 def expected_class(path: Path) -> str:
-    return path.stem.rsplit("_", 1)[0]
+    """What the answer must say: the class in the file name, or not_tomato_leaf for the non-leaf photos."""
+    return NOT_A_LEAF if path.parent == NOT_LEAF_SAMPLES else path.stem.rsplit("_", 1)[0]
 
 
 def wait_until_ready(url: str, timeout: float) -> None:
@@ -45,8 +50,12 @@ def check_sample(session: requests.Session, url: str, path: Path) -> tuple[bool,
     body = response.json()
     prediction = body["predictions"][0]
     schema_ok = PREDICTION_KEYS <= set(prediction) and {"name", "sha256"} <= set(body["model"])
-    ok = schema_ok and prediction["class_name"] == expected_class(path)
-    return ok, expected_class(path), prediction["class_name"], prediction["probability"], latency
+    if expected_class(path) == NOT_A_LEAF:
+        ok = schema_ok and prediction["verdict"] == NOT_A_LEAF
+        return ok, NOT_A_LEAF, prediction["verdict"], prediction["leaf_score"], latency
+    ok = schema_ok and prediction["verdict"] == "diagnosed" and prediction["class_name"] == expected_class(path)
+    shown = prediction["class_name"] if prediction["verdict"] == "diagnosed" else prediction["verdict"]
+    return ok, expected_class(path), shown, prediction["probability"], latency
 
 
 def check_bad_input(session: requests.Session, url: str) -> bool:
@@ -64,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     wait_until_ready(url, args.wait)
     session = requests.Session()
     failures = 0
-    print(f"{'file':34} {'expected':24} {'predicted':24} {'prob':>6} {'ms':>7}  result")
-    for path in sorted(SAMPLES.glob("*.jpg")):
+    print(f"{'file':34} {'expected':24} {'predicted':24} {'prob':>6} {'ms':>7}  result  (prob: leaf score for non-leaves)")
+    for path in [*sorted(SAMPLES.glob("*.jpg")), *sorted(NOT_LEAF_SAMPLES.glob("*.jpg"))]:
         ok, expected, predicted, probability, latency = check_sample(session, url, path)
         failures += not ok
         print(f"{path.name:34} {expected:24} {predicted:24} {probability:6.3f} {latency:7.1f}  {'ok' if ok else 'FAIL'}")

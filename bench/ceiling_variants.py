@@ -75,8 +75,8 @@ def variant_engine(variant: str, bundle, work: Path, cores: int, info: dict):
 
 
 def build_forward(variant: str, bundle, work: Path, batch_sizes: list[int], threads: int = 0) -> tuple[Callable, dict]:
-    """Return forward(batch tensor) -> probabilities through the variant's engine (predict's own forward, so
-    softmax and calibration are the server's), and facts about the setup (threads, compile time...)."""
+    """Return forward(batch tensor) -> Scores through the variant's engine (predict's own forward, so
+    softmax, calibration and the verdict's inputs are the server's), and facts about the setup (threads, compile time...)."""
     import torch
 
     from inference.predict import forward
@@ -137,9 +137,9 @@ def measure_one(variant: str, model: Path, inputs: dict[str, Path], batch_sizes:
                 t1 = time.perf_counter()
                 batch = torch.stack([preprocess(bundle, img) for img in decoded])
                 t2 = time.perf_counter()
-                probabilities = fn(batch)
+                scores = fn(batch)
                 t3 = time.perf_counter()
-                postprocess(bundle, probabilities, 3)
+                postprocess(bundle, scores, 3)
                 t4 = time.perf_counter()
                 for key, value in zip(stage, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
                     stage[key] += value

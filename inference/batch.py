@@ -17,7 +17,8 @@ from inference.bundle import DEFAULT_BUNDLE_PATH, load_bundle
 from inference.images import InvalidImage, decode_image
 from inference.predict import predict
 
-FIELDS = ["file", "status", "class_name", "display_name", "probability", "top_k", "error"]
+FIELDS = ["file", "status", "verdict", "leaf_score", "verdict_reason", "class_name", "display_name", "probability",
+          "top_k", "error"]
 
 
 def iter_files(folder: Path) -> Iterator[Path]:
@@ -32,7 +33,7 @@ def score_folder(folder: Path, out: Path, model: Path = DEFAULT_BUNDLE_PATH, bat
     """Write one CSV row per file; returns counts of ok and error rows."""
     bundle = load_bundle(model, device=device)
     files = list(iter_files(folder))
-    counts = {"ok": 0, "error": 0}
+    counts = {"ok": 0, "error": 0, "diagnosed": 0, "uncertain": 0, "not_tomato_leaf": 0}
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as fh, tqdm(total=len(files), unit="img", file=sys.stderr) as bar:
         writer = csv.DictWriter(fh, fieldnames=FIELDS)
@@ -49,9 +50,12 @@ def score_folder(folder: Path, out: Path, model: Path = DEFAULT_BUNDLE_PATH, bat
                     counts["error"] += 1
             for name, pred in zip(good, predict(bundle, images, top_k)):
                 top = ";".join(f"{s.class_name}:{s.probability:.4f}" for s in pred.top_k)
-                writer.writerow({"file": name, "status": "ok", "class_name": pred.class_name,
+                writer.writerow({"file": name, "status": "ok", "verdict": pred.verdict,
+                                 "leaf_score": f"{pred.leaf_score:.4f}", "verdict_reason": pred.verdict_reason or "",
+                                 "class_name": pred.class_name,
                                  "display_name": pred.display_name, "probability": f"{pred.probability:.6f}", "top_k": top})
                 counts["ok"] += 1
+                counts[pred.verdict] += 1
             bar.update(min(batch_size, len(files) - start))
     return counts
 
@@ -68,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.folder.is_dir():
         parser.error(f"{args.folder} is not a folder")
     counts = score_folder(args.folder, args.out, args.model, args.batch_size, args.top_k, args.device)
-    print(f"scored {counts['ok']} images, {counts['error']} unreadable files -> {args.out}")
+    print(f"scored {counts['ok']} images ({counts['diagnosed']} diagnosed, {counts['uncertain']} uncertain, "
+          f"{counts['not_tomato_leaf']} not a tomato leaf), {counts['error']} unreadable files -> {args.out}")
     return 0
 
 

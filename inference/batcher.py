@@ -159,10 +159,10 @@ class MicroBatcher:
                 continue
             started = time.perf_counter()
             try:
-                probabilities = forward(self.bundle, torch.stack([j.tensor for j in jobs]))
+                scores = forward(self.bundle, torch.stack([j.tensor for j in jobs]))
                 elapsed = time.perf_counter() - started
                 for i, job in enumerate(jobs):
-                    prediction = postprocess(self.bundle, probabilities[i : i + 1], job.top_k)[0]
+                    prediction = postprocess(self.bundle, scores.row(i), job.top_k)[0]
                     job.future.set_result(
                         BatchedResult(prediction, (started - job.submitted) * 1000, elapsed * 1000, len(jobs))
                     )

@@ -12,6 +12,7 @@ from torch import nn
 from inference.engines import Engine, build_engine
 from model.bundle import network_from_bundle, read_bundle
 from model.transforms import PreprocessConfig, Transform, build_transform
+from model.verdict import LEGACY_RULE, VerdictRule
 
 DEFAULT_BUNDLE_PATH = Path(__file__).resolve().parent.parent / "trained_model" / "tomato_leaf_lite0.pt"
 
@@ -27,6 +28,7 @@ class ModelBundle:
     class_names: list[str]
     display_names: list[str]
     temperature: float
+    verdict_rule: VerdictRule  # thresholds of the reject option (LEGACY_RULE for 1.x bundles)
     device: torch.device
     name: str
     version: str
@@ -74,6 +76,7 @@ def load_bundle(path: str | Path = DEFAULT_BUNDLE_PATH, device: str | None = Non
         class_names=list(raw["class_names"]),
         display_names=list(raw["display_names"]),
         temperature=float(raw["temperature"]),
+        verdict_rule=VerdictRule.from_dict(raw["verdict_rule"]) if "verdict_rule" in raw else LEGACY_RULE,
         device=target,
         name=str(raw.get("name", path.stem)),
         version=str(raw.get("version", "0")),

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from inference.bundle import ModelBundle
+from model.verdict import decide, image_statistics, leaf_scores
 
 
 @dataclass(frozen=True)
@@ -19,13 +20,20 @@ class ClassScore:
 
 @dataclass(frozen=True)
 class Prediction:
-    """Result for one image: the top class, the top-k list and calibrated probabilities of all classes."""
+    """Result for one image: the verdict, the top class, the top-k list and calibrated probabilities of all classes.
+
+    `verdict` says whether to act on `class_name` ("diagnosed"), not to ("uncertain": a poor photo or a close
+    call, `verdict_reason` says which) or that the photo is no tomato leaf at all ("not_tomato_leaf").
+    """
 
     class_name: str
     display_name: str
     probability: float
     top_k: list[ClassScore]
     probabilities: dict[str, float]
+    verdict: str = "diagnosed"
+    leaf_score: float = 1.0  # 0..1: how much the image looks like the tomato-leaf photos the model knows
+    verdict_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (built by hand: `dataclasses.asdict` deep-copies every value, once per response)."""
@@ -36,6 +44,9 @@ class Prediction:
             "top_k": [{"class_name": s.class_name, "display_name": s.display_name, "probability": s.probability}
                       for s in self.top_k],
             "probabilities": dict(self.probabilities),
+            "verdict": self.verdict,
+            "leaf_score": self.leaf_score,
+            "verdict_reason": self.verdict_reason,
         }
 
 
@@ -44,27 +55,47 @@ def preprocess(bundle: ModelBundle, image: Image.Image) -> torch.Tensor:
     return bundle.transform(image)
 
 
-def forward(bundle: ModelBundle, batch: torch.Tensor) -> torch.Tensor:
-    """One forward pass on the bundle's device; returns calibrated probabilities on the CPU."""
-    logits = bundle.engine(batch.to(bundle.device, non_blocking=True))
+@dataclass(frozen=True)
+class Scores:
+    """What one forward yields for a batch, on the CPU: calibrated class probabilities (N, C), leaf scores (N,)
+    and the input statistics the verdict checks (N, 3)."""
+
+    probabilities: torch.Tensor
+    leaf_scores: torch.Tensor
+    statistics: torch.Tensor
+
+    def row(self, i: int) -> "Scores":
+        return Scores(self.probabilities[i : i + 1], self.leaf_scores[i : i + 1], self.statistics[i : i + 1])
+
+
+def forward(bundle: ModelBundle, batch: torch.Tensor) -> Scores:
+    """One forward pass on the bundle's device; the verdict's inputs come from the same pass."""
+    outputs = bundle.engine(batch.to(bundle.device, non_blocking=True))
     with torch.inference_mode():
-        return torch.softmax(logits.float() / bundle.temperature, dim=1).cpu()
+        outputs = outputs.float().cpu()
+        probabilities = torch.softmax(outputs[:, : len(bundle.class_names)] / bundle.temperature, dim=1)
+        return Scores(probabilities, leaf_scores(bundle.verdict_rule, outputs, probabilities),
+                      image_statistics(batch.cpu(), bundle.preprocess.mean, bundle.preprocess.std))
 
 
-def postprocess(bundle: ModelBundle, probabilities: torch.Tensor, top_k: int = 3) -> list[Prediction]:
-    """Probabilities tensor -> one `Prediction` per row, plain Python only."""
+def postprocess(bundle: ModelBundle, scores: Scores, top_k: int = 3) -> list[Prediction]:
+    """Scores of a batch -> one `Prediction` per row, plain Python only."""
     k = max(1, min(top_k, len(bundle.class_names)))
     results = []
-    for row in probabilities.tolist():
+    for row, leaf, stats in zip(scores.probabilities.tolist(), scores.leaf_scores.tolist(), scores.statistics.tolist()):
         order = sorted(range(len(row)), key=row.__getitem__, reverse=True)
-        scores = [ClassScore(bundle.class_names[i], bundle.display_names[i], row[i]) for i in order[:k]]
+        top = [ClassScore(bundle.class_names[i], bundle.display_names[i], row[i]) for i in order[:k]]
+        verdict, reason = decide(bundle.verdict_rule, leaf, row[order[0]], stats)
         results.append(
             Prediction(
-                class_name=scores[0].class_name,
-                display_name=scores[0].display_name,
-                probability=scores[0].probability,
-                top_k=scores,
+                class_name=top[0].class_name,
+                display_name=top[0].display_name,
+                probability=top[0].probability,
+                top_k=top,
                 probabilities={name: row[i] for i, name in enumerate(bundle.class_names)},
+                verdict=verdict,
+                leaf_score=leaf,
+                verdict_reason=reason,
             )
         )
     return results

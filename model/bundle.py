@@ -70,7 +70,7 @@ def read_bundle(path: Path, data: bytes | None = None) -> dict[str, Any]:
 
 def network_from_bundle(raw: dict[str, Any]) -> EfficientNetLite:
     """Rebuild the network with a head sized from the class list; refuse weights that disagree."""
-    config = NetworkConfig(**{**raw["arch"], "num_classes": len(raw["class_names"])})
+    config = NetworkConfig.from_dict({**raw["arch"], "num_classes": len(raw["class_names"])})
     head = raw["state_dict"].get("classifier.weight")
     if head is None or head.shape[0] != config.num_classes:
         rows = None if head is None else head.shape[0]

@@ -44,11 +44,59 @@ def per_class_table(ev: dict, display: dict[str, str]) -> str:
     return "\n".join(rows)
 
 
+def _verdict_cells(v: dict | None) -> str:
+    if not v:
+        return "| | |"
+    return f"| {pct(v['diagnosed'])} | {pct(v['wrong_diagnosed'])} |"
+
+
 def robustness_table(ev: dict) -> str:
-    rows = ["| perturbation (whole test split) | accuracy | change (points) |", "| --- | --- | --- |",
-            f"| none | {pct(ev['accuracy'])} | |"]
+    rows = ["| perturbation (whole test split) | accuracy (top-1, all images) | change (points) | \"diagnosed\" | "
+            "diagnosed and wrong |", "| --- | --- | --- | --- | --- |",
+            f"| none | {pct(ev['accuracy'])} | {_verdict_cells(ev.get('verdicts'))}"]
     for name, r in ev["robustness"].items():
-        rows.append(f"| {name} | {pct(r['accuracy'])} | {-r['drop_points'] + 0.0:+.2f} |")
+        rows.append(f"| {name} | {pct(r['accuracy'])} | {-r['drop_points'] + 0.0:+.2f} {_verdict_cells(r.get('verdicts'))}")
+    return "\n".join(rows)
+
+
+RULE_ROWS = (
+    ("leaf_reject", "leaf score below → `not_tomato_leaf`", "0.3 % quantile of the validation leaves' leaf scores"),
+    ("min_saturation", "mean chroma below → `uncertain` (greyscale)", "half the 0.2 % quantile on validation leaves"),
+    ("min_brightness", "mean intensity below → `uncertain` (dark)", "half the 0.2 % quantile on validation leaves"),
+    ("min_sharpness", "mean abs. Laplacian below → `uncertain` (blurred)", "half the 0.2 % quantile on validation leaves"),
+    ("leaf_accept", "leaf score below → `uncertain` (unclear leaf)", "0.5 % quantile of the validation leaves' leaf scores"),
+    ("min_probability", "calibrated top-1 below → `uncertain` (classes close)", "0.3 % quantile on validation leaves"),
+)
+
+
+def rule_table(rule: dict) -> str:
+    rows = ["| threshold, checked in this order | value | effect | chosen as |", "| --- | --- | --- | --- |"]
+    rows += [f"| `{key}` | {rule[key]:.4g} | {effect} | {how} |" for key, effect, how in RULE_ROWS]
+    return "\n".join(rows)
+
+
+def negatives_table(reject: dict) -> str:
+    rows = ["| images | count | diagnosed (false accept) | uncertain | not_tomato_leaf |", "| --- | --- | --- | --- | --- |"]
+    test = reject["tomato_test_verdicts"]
+    rows.append(f"| tomato-leaf test photos | 1374 | {pct(test['diagnosed'])} | {pct(test['uncertain'])} | "
+                f"{pct(test['not_tomato_leaf'])} |")
+    unseen = {k: v for k, v in reject["negatives_verdicts"].items() if not k.startswith("seen")}
+    total = sum(v["images"] for v in unseen.values())
+    pooled = {key: sum(v[key] * v["images"] for v in unseen.values()) / total for key in ("diagnosed", "uncertain", "not_tomato_leaf")}
+    for name, v in reject["negatives_verdicts"].items():
+        rows.append(f"| {name} | {v['images']} | {pct(v['diagnosed'])} | {pct(v['uncertain'])} | {pct(v['not_tomato_leaf'])} |")
+    rows.append(f"| **all kinds never trained on** | {total} | **{pct(pooled['diagnosed'])}** | {pct(pooled['uncertain'])} | "
+                f"{pct(pooled['not_tomato_leaf'])} |")
+    return "\n".join(rows)
+
+
+def methods_table(reject: dict) -> str:
+    rows = ["| model | out-of-distribution score | AUROC, unseen kinds vs tomato test | false accepts at 99 % tomato "
+            "recall (threshold from validation) | tomato test photos kept at that threshold |", "| --- | --- | --- | --- | --- |"]
+    for model, methods in reject["comparison"].items():
+        for method, r in methods.items():
+            rows.append(f"| {model} | {method} | {r['auroc_unseen_kinds']:.4f} | {pct(r['false_accept_unseen_kinds'])} | "
+                        f"{pct(r['tomato_test_recall'])} |")
     return "\n".join(rows)
 
 
@@ -60,7 +108,7 @@ def errors_table(ev: dict) -> str:
     return "\n".join(rows)
 
 
-def render(shipped: Path, ev: dict, candidates: dict[str, dict], choice: str, template: str) -> str:
+def render(shipped: Path, ev: dict, candidates: dict[str, dict], choice: str, template: str, reject: dict) -> str:
     raw = torch.load(shipped, map_location="cpu", weights_only=True)
     display = dict(zip(raw["class_names"], raw["display_names"]))
     history = raw["metrics"].get("history", [])
@@ -92,6 +140,12 @@ def render(shipped: Path, ev: dict, candidates: dict[str, dict], choice: str, te
         "TRAIN_ARGS": " ".join(f"--{k.replace('_', '-')} {v}" for k, v in raw["provenance"].get("train_args", {}).items()
                                if k in TRAIN_ARGS_SHOWN and v not in (None, "None")),
         "DATA": DATA,
+        "RULE": rule_table(reject["rule"]),
+        "RULE_COMMAND": reject["rule"].get("chosen_by", ""),
+        "NEGATIVES": negatives_table(reject),
+        "METHODS": methods_table(reject),
+        "DIAGNOSED": pct(ev["verdicts"]["diagnosed"]),
+        "TOP1_DIAGNOSED": pct(ev["verdicts"]["accuracy_among_diagnosed"]),
     }
     text = template
     for key, value in values.items():
@@ -106,13 +160,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--candidate", action="append", default=[], help="NAME=evaluation.json (repeatable)")
     p.add_argument("--choice", default="", help="why the shipped candidate was chosen (markdown)")
     p.add_argument("--choice-file", type=Path, help="the same, read from a markdown file")
+    p.add_argument("--reject", type=Path, required=True, help="reject.json written by model.reject")
     p.add_argument("--template", type=Path, default=Path(__file__).with_name("model_card_template.md"))
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     candidates = {name: json.loads(Path(path).read_text()) for name, path in (c.split("=", 1) for c in args.candidate)}
     ev = json.loads(args.eval.read_text())
     choice = (args.choice_file.read_text() if args.choice_file else args.choice).strip()
-    args.out.write_text(render(args.shipped, ev, candidates, choice, args.template.read_text()))
+    reject = json.loads(args.reject.read_text())
+    args.out.write_text(render(args.shipped, ev, candidates, choice, args.template.read_text(), reject))
     print(f"wrote {args.out}")
 
 

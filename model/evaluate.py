@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageEnhance, ImageOps
 from tqdm import tqdm
 
 from model.calibration import expected_calibration_error
@@ -36,6 +36,13 @@ def _phone_sized(img: Image.Image) -> bytes:
     return _jpeg(img.resize((side, side), Image.BILINEAR), quality=90)
 
 
+def _zoomed_half(img: Image.Image) -> bytes:
+    """The centre of the photo covering half its area, as when a user zooms in on part of the leaf."""
+    side = round(min(img.size) / 2 ** 0.5)
+    left, top = (img.width - side) // 2, (img.height - side) // 2
+    return _jpeg(img.crop((left, top, left + side, top + side)))
+
+
 PERTURBATIONS: dict[str, Perturbation] = {
     "rotate 90": lambda im: _jpeg(im.transpose(Image.Transpose.ROTATE_90)),
     "rotate 180": lambda im: _jpeg(im.transpose(Image.Transpose.ROTATE_180)),
@@ -45,6 +52,8 @@ PERTURBATIONS: dict[str, Perturbation] = {
     "brightness x0.6": lambda im: _jpeg(ImageEnhance.Brightness(im).enhance(0.6)),
     "JPEG quality 30": lambda im: _jpeg(im, quality=30),
     "12-MP upscaled copy": _phone_sized,
+    "zoomed half-leaf crop": _zoomed_half,
+    "greyscale": lambda im: _jpeg(ImageOps.grayscale(im).convert("RGB")),
 }
 
 
@@ -157,16 +166,26 @@ def evaluate(model: Path, data: Path, split: Path, out: Path, robustness: bool =
     originals = [decode_image(b) for b in file_bytes]
     labels = torch.tensor([index[s.class_name] for s in test])
 
-    def score(encoded: Callable[[int], bytes], desc: str) -> torch.Tensor:
-        """Calibrated probabilities of test image i given as file bytes, decoded exactly as the server does."""
-        probs = []
+    def score(encoded: Callable[[int], bytes], desc: str) -> tuple[torch.Tensor, list[str]]:
+        """Calibrated probabilities and verdicts of test image i given as file bytes, decoded as the server does."""
+        probs, found = [], []
         for start in tqdm(range(0, len(test), 32), desc=desc, mininterval=10):
             decoded = [decode_image(encoded(i)) for i in range(start, min(start + 32, len(test)))]
             preds = predict(bundle, decoded, top_k=1)
             probs.append(torch.tensor([[p.probabilities[c] for c in bundle.class_names] for p in preds]))
-        return torch.cat(probs)
+            found += [p.verdict for p in preds]
+        return torch.cat(probs), found
 
-    calibrated = score(file_bytes.__getitem__, "test")
+    def verdict_summary(probs: torch.Tensor, found: list[str]) -> dict[str, float]:
+        """Share diagnosed, share diagnosed AND wrong (the answers that mislead), top-1 among the diagnosed."""
+        diagnosed = torch.tensor([v == "diagnosed" for v in found])
+        right = probs.argmax(1) == labels
+        return {"diagnosed": float(diagnosed.float().mean()),
+                "wrong_diagnosed": float((diagnosed & ~right).float().mean()),
+                "accuracy_among_diagnosed": float(right[diagnosed].float().mean()) if diagnosed.any() else float("nan"),
+                **{f"share_{v}": found.count(v) / len(found) for v in ("uncertain", "not_tomato_leaf")}}
+
+    calibrated, test_verdicts = score(file_bytes.__getitem__, "test")
     predicted = calibrated.argmax(1)
     raw_logits = calibrated.clamp_min(1e-12).log() * bundle.temperature  # undo T: softmax(log p * T) = softmax(z)
     uncalibrated = torch.softmax(raw_logits, 1)
@@ -182,6 +201,8 @@ def evaluate(model: Path, data: Path, split: Path, out: Path, robustness: bool =
         "per_class": report,
         "confusion_matrix": confusion_matrix(labels, predicted, len(bundle.class_names)),
         "errors": misclassified([s.path for s in test], labels, calibrated, bundle.class_names),
+        "verdicts": verdict_summary(calibrated, test_verdicts),
+        "verdict_rule": bundle.verdict_rule.to_dict(),
         "class_names": bundle.class_names,
         "temperature": bundle.temperature,
         "ece_before": expected_calibration_error(uncalibrated, labels),
@@ -194,9 +215,10 @@ def evaluate(model: Path, data: Path, split: Path, out: Path, robustness: bool =
     if robustness:
         result["robustness"] = {}
         for name, perturb in PERTURBATIONS.items():
-            probs = score(lambda i: perturb(originals[i]), name)
+            probs, found = score(lambda i: perturb(originals[i]), name)
             acc = float((probs.argmax(1) == labels).float().mean())
-            result["robustness"][name] = {"accuracy": acc, "drop_points": round((accuracy - acc) * 100, 2)}
+            result["robustness"][name] = {"accuracy": acc, "drop_points": round((accuracy - acc) * 100, 2),
+                                          "verdicts": verdict_summary(probs, found)}
     out.mkdir(parents=True, exist_ok=True)
     plot_confusion(result["confusion_matrix"], bundle.class_names, out / "confusion_matrix.png")
     plot_errors(result["errors"], data, out / "test_errors.png")
@@ -207,7 +229,8 @@ def evaluate(model: Path, data: Path, split: Path, out: Path, robustness: bool =
 def store_metrics(model: Path, result: dict) -> None:
     """Copy the headline metrics into the bundle so the served model can report them."""
     raw = torch.load(model, map_location="cpu", weights_only=True)
-    keep = ("test_images", "accuracy", "macro_recall", "macro_precision", "macro_f1", "ece_before", "ece_after")
+    keep = ("test_images", "accuracy", "macro_recall", "macro_precision", "macro_f1", "ece_before", "ece_after",
+            "verdicts")
     raw["metrics"] = {**raw.get("metrics", {}), **{k: result[k] for k in keep},
                       "per_class_recall": {k: v["recall"] for k, v in result["per_class"].items()},
                       "robustness": {k: v["accuracy"] for k, v in result.get("robustness", {}).items()}}
@@ -227,7 +250,8 @@ def main(argv: list[str] | None = None) -> None:
     result = evaluate(args.model, args.data, args.split, args.out, not args.no_robustness, args.threads)
     if args.store:
         store_metrics(args.model, result)
-    summary = {k: result[k] for k in ("accuracy", "macro_recall", "ece_before", "ece_after", "speed_cpu_2_threads")}
+    summary = {k: result[k] for k in ("accuracy", "macro_recall", "ece_before", "ece_after", "verdicts",
+                                      "speed_cpu_2_threads")}
     print(json.dumps({**summary, "robustness": result.get("robustness")}, indent=2))
 
 

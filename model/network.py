@@ -34,6 +34,12 @@ class NetworkConfig:
     stem_channels: int = 32  # channels after the first 3x3 stride-2 convolution
     head_channels: int = 1280  # channels of the final 1x1 convolution before pooling
     dropout: float = 0.2  # dropout before the classifier (active in training only)
+    leaf_head: bool = False  # 2.x bundles: one more output column, the "is this a tomato-leaf photo" logit
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "NetworkConfig":
+        """Read a stored config; keys a 1.x bundle lacks take their defaults (no leaf head)."""
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,12 +87,22 @@ class EfficientNetLite(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(config.head_channels, config.num_classes)
+        self.leaf_classifier = nn.Linear(config.head_channels, 1) if config.leaf_head else None
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.head(self.blocks(self.stem(x)))).flatten(1)
 
+    def head_outputs(self, features: torch.Tensor) -> torch.Tensor:
+        """Disease logits, followed (with a leaf head) by the leaf logit as one extra last column: one output
+        tensor keeps every engine (eager, ONNX Runtime) and its checks the same for 1.x and 2.x bundles."""
+        features = self.dropout(features)
+        logits = self.classifier(features)
+        if self.leaf_classifier is None:
+            return logits
+        return torch.cat([logits, self.leaf_classifier(features)], dim=1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.features(x)))
+        return self.head_outputs(self.features(x))
 
 
 def build_network(config: NetworkConfig) -> EfficientNetLite:
@@ -115,7 +131,7 @@ def load_pretrained_backbone(network: EfficientNetLite, weights_path: str | None
     source = torch.load(weights_path or pretrained_weights_path(), map_location="cpu", weights_only=True)
     src = [(k, v) for k, v in _tensors_in_order(source) if not k.startswith("_fc.")]
     target = network.state_dict()
-    dst = [(k, v) for k, v in _tensors_in_order(target) if not k.startswith("classifier.")]
+    dst = [(k, v) for k, v in _tensors_in_order(target) if not k.startswith(("classifier.", "leaf_classifier."))]
     if len(src) != len(dst):
         raise ValueError(f"pretrained file has {len(src)} backbone tensors, network has {len(dst)}")
     for (src_key, src_val), (dst_key, dst_val) in zip(src, dst):

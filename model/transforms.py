@@ -85,18 +85,38 @@ class RandomQuarterTurn(v2.Transform):
         return torch.rot90(img, k, dims=(-2, -1)) if k else img
 
 
+class RandomColourCast(v2.Transform):
+    """Scale each colour channel by its own factor: the blue cast of shade, the yellow of tungsten light."""
+
+    def __init__(self, strength: float = 0.15, p: float = 0.3) -> None:
+        super().__init__()
+        self.strength, self.p = strength, p
+
+    def forward(self, *inputs: Any) -> Any:
+        img = inputs[0] if len(inputs) == 1 else inputs
+        if torch.rand(()) >= self.p:
+            return img
+        gains = 1 + (torch.rand(3, 1, 1) * 2 - 1) * self.strength
+        return (img.float() * gains).clamp_(0, 255).to(img.dtype)
+
+
 def build_train_transform(cfg: PreprocessConfig) -> Transform:
-    """Augmenting transform for a uint8 CHW tensor: crops, turns, flips, colour and JPEG artefacts."""
+    """Augmenting transform for a uint8 CHW tensor, the same for tomato leaves and for the negatives (so no
+    augmentation becomes a cue): zoom down to a quarter of the photo (users photograph one lesion), odd angles
+    (perspective, turns, flips), colour casts and jitter, greyscale, blur and JPEG artefacts."""
     return v2.Compose(
         [
             v2.ToImage(),
-            v2.RandomResizedCrop(cfg.image_size, scale=(0.4, 1.0), ratio=(0.8, 1.25), antialias=True),
+            v2.RandomResizedCrop(cfg.image_size, scale=(0.25, 1.0), ratio=(0.75, 1.33), antialias=True),
+            v2.RandomPerspective(distortion_scale=0.3, p=0.25),
             RandomQuarterTurn(),
             v2.RandomHorizontalFlip(),
             v2.RandomVerticalFlip(),
             v2.ColorJitter(brightness=0.45, contrast=0.3, saturation=0.3, hue=0.03),
+            RandomColourCast(),
+            v2.RandomGrayscale(p=0.05),
             v2.RandomApply([v2.JPEG((25, 95))], p=0.25),
-            v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=0.15),
+            v2.RandomApply([v2.GaussianBlur(7, sigma=(0.1, 2.0))], p=0.2),
             *_normalise(cfg),
         ]
     )

@@ -19,6 +19,7 @@ class ServerMetrics:
     requests: Counter
     latency: Histogram
     images: Counter
+    verdicts: Counter
     batch_size: Histogram
     batch_seconds: Histogram
     queue_depth: Gauge
@@ -48,6 +49,8 @@ def create_metrics() -> ServerMetrics:
         latency=Histogram("tomato_http_request_duration_seconds", "Request latency", ["endpoint"], registry=registry,
                           buckets=(0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.2, 2.5, 5, 10)),
         images=Counter("tomato_images_classified", "Images classified", registry=registry),
+        verdicts=Counter("tomato_verdicts", "Answers by verdict (diagnosed, uncertain, not_tomato_leaf)", ["verdict"],
+                         registry=registry),
         batch_size=Histogram("tomato_batch_size", "Images per model forward", registry=registry,
                              buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)),
         batch_seconds=Histogram("tomato_batch_forward_seconds", "Duration of one batched forward", registry=registry,

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from model.verdict import REASONS, VERDICTS
+
 ERROR = {"$ref": "#/components/schemas/Error"}
 
 
@@ -30,10 +32,19 @@ def openapi_spec() -> dict[str, Any]:
             "probability": {"type": "number", "description": "calibrated probability of the top class"},
             "top_k": {"type": "array", "items": {"$ref": "#/components/schemas/ClassScore"}},
             "probabilities": {"type": "object", "additionalProperties": {"type": "number"}},
+            "verdict": {"type": "string", "enum": list(VERDICTS),
+                        "description": "act on class_name only when 'diagnosed'; 'uncertain': a poor photo or a close "
+                                       "call (see verdict_reason); 'not_tomato_leaf': the photo does not look like a "
+                                       "tomato leaf. Thresholds come from the model bundle (GET /v1/model)"},
+            "leaf_score": {"type": "number", "minimum": 0, "maximum": 1,
+                           "description": "how much the image looks like the tomato-leaf photos the model knows"},
+            "verdict_reason": {"type": "string", "nullable": True, "enum": [*REASONS, None],
+                               "description": "the check that stopped a diagnosis; null when diagnosed"},
             "batch_size": {"type": "integer", "description": "images in the model forward that included this one"},
             "timing_ms": {"type": "object", "properties": {k: {"type": "number"} for k in ("decode", "queue", "inference")}},
         },
-        "required": ["class_name", "display_name", "probability", "top_k", "probabilities", "timing_ms"],
+        "required": ["class_name", "display_name", "probability", "top_k", "probabilities", "verdict", "leaf_score",
+                     "verdict_reason", "timing_ms"],
     }
     predict_body = {
         "multipart/form-data": {

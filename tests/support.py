@@ -24,6 +24,9 @@ DATA_ROOT = ROOT.parent / "shared" / "data" / "plantvillage_tomato"
 CLASS_NAMES = sorted(DISPLAY_NAMES)
 
 
+NOT_LEAF_SAMPLES = sorted((SAMPLES / "not_a_leaf").glob("*.jpg"))  # everyday photos: answered "not_tomato_leaf"
+
+
 def sample_files() -> list[Path]:
     return sorted(SAMPLES.glob("*.jpg"))
 

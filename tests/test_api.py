@@ -45,6 +45,8 @@ def test_predict_one_file(client, leaf_bytes):
     assert len(prediction["top_k"]) == 3
     assert sum(prediction["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
     assert set(prediction["timing_ms"]) == {"decode", "queue", "inference"}
+    assert prediction["verdict"] in ("diagnosed", "uncertain", "not_tomato_leaf")
+    assert 0 <= prediction["leaf_score"] <= 1 and "verdict_reason" in prediction
     assert body["model"]["name"] == "tiny-test-model" and len(body["model"]["sha256"]) == 64
     assert body["timing_ms"]["total"] > 0
 
@@ -277,6 +279,9 @@ def test_metrics_count_requests_and_batches(client, leaf_bytes):
     assert "tomato_batch_size_bucket" in text and "tomato_batch_size_sum 2.0" in text
     assert "tomato_queue_depth 0.0" in text
     assert "tomato_images_classified_total 2.0" in text
+    verdict_counts = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                      if line.startswith("tomato_verdicts_total{")]
+    assert sum(verdict_counts) == 2.0
 
 
 def test_openapi_lists_exactly_the_served_routes(app, client):
@@ -301,6 +306,14 @@ def test_feedback_is_stored(app, client, leaf_bytes):
     assert row["id"] == item_id and row["correct"] == "Early_blight" and row["predicted"] == "Late_blight"
     saved = store.images / row["image_file"]
     assert saved.read_bytes() == leaf_bytes and saved.parent == store.images and saved.suffix == ".jpg"
+
+
+def test_feedback_can_say_the_photo_is_not_a_tomato_leaf(app, client, leaf_bytes):
+    response = client.post("/feedback", data={"file": (io.BytesIO(leaf_bytes), "teapot.jpg"),
+                                              "correct_class": "not_tomato_leaf", "predicted_class": "Early_blight"})
+    assert response.status_code == 201
+    (row,) = app.extensions["tomato"].feedback.rows()
+    assert row["correct"] == "not_tomato_leaf"
 
 
 @pytest.mark.parametrize(

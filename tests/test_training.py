@@ -72,3 +72,64 @@ def test_init_from_a_bundle_with_other_classes_is_refused(tmp_path):
                              "--init-from", str(other)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode != 0
     assert "was trained on classes" in result.stderr
+
+
+NEGATIVES_ROOT = DATA_ROOT.parent / "not_tomato_leaf"
+needs_negatives = pytest.mark.skipif(not (NEGATIVES_ROOT / "manifest.csv").exists(),
+                                     reason=f"not-a-tomato-leaf images not found at {NEGATIVES_ROOT}")
+
+
+@needs_negatives
+def test_negatives_are_split_by_kind_and_held_out_kinds_never_train():
+    from model.negatives import read_negatives
+
+    negatives = read_negatives(NEGATIVES_ROOT)
+    held_out = {n.category for n in negatives if n.split == "heldout"}
+    trained = {n.category for n in negatives if n.split == "train"}
+    assert not held_out & trained
+    assert {"strawberry__healthy", "strawberry__leaf_scorch", "pepper_bell__bacterial_spot"} <= held_out
+    photo_categories = {n.category for n in negatives if n.kind == "photo"}
+    assert 0.15 < len(held_out & photo_categories) / len(photo_categories) < 0.35
+
+
+def test_synthetic_negatives_are_reproducible_and_serving_sized():
+    from model.negatives import TEST_SYNTHETIC, synthetic_negatives
+
+    for kind in TEST_SYNTHETIC:
+        first, again = synthetic_negatives(kind, 3, seed=7), synthetic_negatives(kind, 3, seed=7)
+        assert first.shape == (3, 3, 256, 256) and first.dtype == torch.uint8
+        assert torch.equal(first, again)
+        assert not torch.equal(first, synthetic_negatives(kind, 3, seed=8))
+
+
+def test_auroc_is_the_probability_of_ranking_a_positive_first():
+    from model.reject import auroc
+
+    assert auroc(torch.tensor([3.0, 4.0]), torch.tensor([1.0, 2.0])) == 1.0
+    assert auroc(torch.tensor([1.0, 2.0]), torch.tensor([3.0, 4.0])) == 0.0
+    assert auroc(torch.tensor([1.0, 3.0]), torch.tensor([2.0, 2.0])) == 0.5
+
+
+@needs_data
+@needs_negatives
+def test_training_with_negatives_adds_a_leaf_head_and_reject_stores_a_rule(tmp_path, tiny_bundle_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "model.train", "--data", str(DATA_ROOT), "--out", str(out), "--limit", "32",
+               "--image-size", "64", "--batch-size", "16", "--workers", "0", "--epochs", "1", "--negatives",
+               str(NEGATIVES_ROOT), "--synthetic-per-kind", "4", "--init-from", str(tiny_bundle_path),
+               "--freeze-blocks", "4"]
+    trained = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    raw = torch.load(out / "bundle.pt", weights_only=True)
+    assert raw["arch"]["leaf_head"] is True and raw["state_dict"]["leaf_classifier.weight"].shape == (1, 1280)
+    frozen = torch.load(tiny_bundle_path, weights_only=True)["state_dict"]["stem.0.weight"]
+    assert torch.equal(raw["state_dict"]["stem.0.weight"], frozen)  # --freeze-blocks kept the stem
+    assert (out / "negatives_split.csv").exists()
+    reject = subprocess.run([sys.executable, "-m", "model.reject", "--model", str(out / "bundle.pt"), "--data",
+                             str(DATA_ROOT), "--split", str(out / "split.csv"), "--negatives", str(NEGATIVES_ROOT),
+                             "--negatives-split", str(out / "negatives_split.csv"), "--out", str(tmp_path / "reject"),
+                             "--limit", "12", "--store"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert reject.returncode == 0, reject.stderr[-3000:]
+    rule = torch.load(out / "bundle.pt", weights_only=True)["verdict_rule"]
+    assert rule["leaf_source"] == "leaf_head" and 0 <= rule["leaf_reject"] <= rule["leaf_accept"] <= 1
+    assert (tmp_path / "reject" / "roc_curves.png").exists()
