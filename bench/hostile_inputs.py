@@ -1,0 +1,99 @@
+"""Memory and CPU that one hostile upload costs the decoder (issue 15, items 1-4), measured one input per process.
+
+For each payload a fresh Python process loads the serving transform, warms up on a real leaf photo, then runs
+exactly what /predict does to an upload before the model sees it (`decode_image`, then the bundle's transform)
+and reports: the outcome (ok, or the InvalidImage code / exception type the API would answer with), the growth
+of peak RSS over the warmed-up process (ru_maxrss), CPU seconds and wall seconds. No HTTP, so the numbers are
+the decoder's alone; a hostile round against the live server belongs to the overload bench.
+
+    .venv/bin/python -m bench.hostile_inputs                 # every payload, a Markdown table
+    .venv/bin/python -m bench.hostile_inputs --only tiff_tile_16384 --only png16_7000
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from bench import hostile_files as hostile
+
+ROOT = Path(__file__).resolve().parent.parent
+BUNDLE = ROOT / "trained_model" / "tomato_leaf_lite0.pt"
+LEAF = ROOT / "inference_image" / "Late_blight_1.jpg"
+
+PAYLOADS: dict[str, Callable[[], bytes]] = {
+    "leaf_photo_reference": LEAF.read_bytes,
+    "wide_png_30000x1": lambda: hostile.wide_png(30_000),
+    "wide_png_50000000x1": lambda: hostile.wide_png(50_000_000),
+    "tiff_tile_16384": lambda: hostile.tiled_tiff(1, 1, 16_384),
+    "tiff_tile_26752": lambda: hostile.tiled_tiff(1, 1, 26_752),
+    "png16_7000": lambda: hostile.png16(7_000),
+    "jpeg_bad_exif": hostile.jpeg_with_bad_exif,
+    "webp_bad_exif": hostile.webp_with_bad_exif,
+    "tiff_rational_strip_offsets": hostile.tiff_rational_strip_offsets,
+}
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def measure_one(name: str) -> dict:
+    """In this process: warm up, then decode + transform one payload; what it cost on top of the warm process."""
+    import torch
+
+    from inference import InvalidImage, decode_image
+    from model.transforms import PreprocessConfig, build_transform
+
+    torch.set_num_threads(1)
+    transform = build_transform(PreprocessConfig.from_dict(torch.load(BUNDLE, weights_only=True)["preprocess"]))
+    transform(decode_image(LEAF.read_bytes()))  # warm-up: first-call allocations are not the payload's
+    data = PAYLOADS[name]()
+    peak_before, cpu_before, wall_before = _peak_rss_mb(), time.process_time(), time.perf_counter()
+    try:
+        transform(decode_image(data))
+        outcome = "ok"
+    except InvalidImage as exc:
+        outcome = f"InvalidImage {exc.code}"
+    except Exception as exc:  # what the API would have answered with 500
+        outcome = f"{type(exc).__name__} (500)"
+    return {"payload": name, "bytes": len(data), "outcome": outcome,
+            "peak_rss_growth_mb": round(_peak_rss_mb() - peak_before, 1),
+            "cpu_s": round(time.process_time() - cpu_before, 3), "wall_s": round(time.perf_counter() - wall_before, 3)}
+
+
+def run_isolated(name: str, timeout_s: float) -> dict:
+    command = [sys.executable, "-m", "bench.hostile_inputs", "--child", name]
+    try:
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"payload": name, "outcome": f"still running after {timeout_s:.0f} s (killed)"}
+    if done.returncode != 0:
+        return {"payload": name, "outcome": f"process died (rc {done.returncode}): {done.stderr.strip()[-200:]}"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", choices=sorted(PAYLOADS), help="payload (repeatable)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per payload before it is killed")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(measure_one(args.child)))
+        return
+    print("| payload | bytes | outcome | peak RSS growth (MB) | CPU (s) | wall (s) |")
+    print("| --- | ---: | --- | ---: | ---: | ---: |")
+    for name in args.only or PAYLOADS:
+        row = run_isolated(name, args.timeout)
+        print(f"| {name} | {row.get('bytes', '')} | {row['outcome']} | {row.get('peak_rss_growth_mb', '')} "
+              f"| {row.get('cpu_s', '')} | {row.get('wall_s', '')} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
