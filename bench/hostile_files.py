@@ -112,15 +112,15 @@ def bad_exif() -> bytes:
     return tiff([(0x0112, SHORT, [6]), (0x010E, RATIONAL, [(1, 0)])], b"")
 
 
-def jpeg_with_bad_exif(size: int = 16) -> bytes:
+def jpeg_with_bad_exif(size: tuple[int, int] = (32, 16)) -> bytes:
     """Item 4: a valid JPEG carrying `bad_exif()` in its APP1 segment."""
     buf = io.BytesIO()
-    Image.new("RGB", (size, size), (40, 120, 40)).save(buf, "JPEG", exif=b"Exif\0\0" + bad_exif())
+    Image.new("RGB", size, (40, 120, 40)).save(buf, "JPEG", exif=b"Exif\0\0" + bad_exif())
     return buf.getvalue()
 
 
-def webp_with_bad_exif(size: int = 16) -> bytes:
+def webp_with_bad_exif(size: tuple[int, int] = (32, 16)) -> bytes:
     """Item 4: a valid WebP carrying `bad_exif()` in its EXIF chunk."""
     buf = io.BytesIO()
-    Image.new("RGB", (size, size), (40, 120, 40)).save(buf, "WEBP", exif=bad_exif())
+    Image.new("RGB", size, (40, 120, 40)).save(buf, "WEBP", exif=bad_exif())
     return buf.getvalue()

@@ -33,6 +33,7 @@ PAYLOADS: dict[str, Callable[[], bytes]] = {
     "tiff_tile_16384": lambda: hostile.tiled_tiff(1, 1, 16_384),
     "tiff_tile_26752": lambda: hostile.tiled_tiff(1, 1, 26_752),
     "png16_7000": lambda: hostile.png16(7_000),
+    "png_rgb_7000_within_budget": lambda: hostile.png(7_000, 7_000),  # 49 MP: a legal size, not a bomb
     "jpeg_bad_exif": hostile.jpeg_with_bad_exif,
     "webp_bad_exif": hostile.webp_with_bad_exif,
     "tiff_rational_strip_offsets": hostile.tiff_rational_strip_offsets,
