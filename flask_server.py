@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from flask import Flask, Response, current_app, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from inference import DEFAULT_BUNDLE_PATH, InvalidImage, MicroBatcher, ModelBundle, QueueFull, decode_image, load_bundle
 from inference.predict import preprocess
@@ -262,7 +262,7 @@ def register_error_handlers(app: Flask) -> None:
     def http_error(exc: HTTPException) -> tuple[Response, int, dict[str, str]]:
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.code or 500, "http_error")
         message = exc.description or exc.name
-        if exc.code == 413:
+        if exc.code == 413 and message == RequestEntityTooLarge.description:  # the body limit; others say theirs
             message = f"request body is larger than {current_app.config['MAX_CONTENT_LENGTH']} bytes"
         headers = {k: v for k, v in exc.get_headers() if k.lower() == "allow"}
         return jsonify({"error": {"code": code, "message": message}}), exc.code or 500, headers
