@@ -25,7 +25,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from inference import DEFAULT_BUNDLE_PATH, InvalidImage, MicroBatcher, ModelBundle, QueueFull, decode_image, load_bundle
 from inference.predict import preprocess
 from serving.errors import IMAGE_ERROR_STATUS, ApiError
-from serving.feedback import FeedbackStore
+from serving.feedback import FeedbackStore, FeedbackStoreFull
 from serving.metrics import create_metrics
 from serving.multipart import ApiRequest
 from serving.openapi import openapi_spec
@@ -51,6 +51,8 @@ DEFAULTS: dict[str, Any] = {
     "WORKERS": 1,  # worker processes that must be warm before /readyz says 200
     "API_TOKEN": None,  # when set, POST endpoints need "Authorization: Bearer <token>"
     "FEEDBACK_DIR": "feedback",  # where /feedback stores images and feedback.sqlite3
+    "FEEDBACK_MAX_ITEMS": 10_000,  # reports the store keeps; beyond it /feedback answers 507
+    "FEEDBACK_MAX_BYTES": 1 << 30,  # image bytes the store keeps (1 GiB); beyond it /feedback answers 507
     "LOAD_IN_BACKGROUND": False,  # True: start serving at once, /readyz says 503 until the model is warm
 }
 
@@ -65,7 +67,8 @@ class ServiceState:
         self.load_error: str | None = None
         self.ready = threading.Event()
         self.metrics = create_metrics()
-        self.feedback = FeedbackStore(Path(app.config["FEEDBACK_DIR"]))
+        self.feedback = FeedbackStore(Path(app.config["FEEDBACK_DIR"]), max_items=int(app.config["FEEDBACK_MAX_ITEMS"]),
+                                      max_bytes=int(app.config["FEEDBACK_MAX_BYTES"]))
 
     def load(self) -> None:
         try:
@@ -249,7 +252,10 @@ def register_routes(app: Flask) -> None:
         for name, value in (("correct_class", correct), ("predicted_class", predicted)):
             if (value or name == "correct_class") and value not in bundle.class_names:
                 raise ApiError(400, "bad_parameter", f"{name} must be one of {bundle.class_names}, got {value!r}")
-        item_id = state().feedback.add(upload.data, predicted, correct, comment, bundle.sha256)
+        try:
+            item_id = state().feedback.add(upload.data, predicted, correct, comment, bundle.sha256)
+        except FeedbackStoreFull as exc:
+            raise ApiError(507, "feedback_store_full", str(exc)) from None
         return jsonify(id=item_id, stored=True), 201
 
 
