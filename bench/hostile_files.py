@@ -124,3 +124,64 @@ def webp_with_bad_exif(size: tuple[int, int] = (32, 16)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, (40, 120, 40)).save(buf, "WEBP", exif=bad_exif())
     return buf.getvalue()
+
+
+def seed_corpus() -> dict[str, bytes]:
+    """Small valid files of every accepted format and the usual modes: the starting points for mutation."""
+    from PIL import ImageDraw
+
+    leaf = Image.new("RGB", (48, 32), (30, 110, 40))
+    ImageDraw.Draw(leaf).ellipse((8, 4, 40, 28), fill=(150, 90, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+
+    def save(img: Image.Image, fmt: str, **options) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, fmt, **options)
+        return buf.getvalue()
+
+    return {
+        "jpeg": save(leaf, "JPEG", quality=80, exif=exif.tobytes()),
+        "jpeg_progressive": save(leaf, "JPEG", progressive=True),
+        "jpeg_cmyk": save(leaf.convert("CMYK"), "JPEG"),
+        "png_rgb": save(leaf, "PNG"),
+        "png_rgba": save(leaf.convert("RGBA"), "PNG"),
+        "png_palette": save(leaf.convert("P"), "PNG", transparency=0),
+        "png_16bit": save(leaf.convert("I;16"), "PNG"),
+        "webp_lossy": save(leaf, "WEBP", quality=70, exif=exif.tobytes()),
+        "webp_lossless": save(leaf.convert("RGBA"), "WEBP", lossless=True),
+        "tiff_raw": save(leaf, "TIFF"),
+        "tiff_deflate": save(leaf, "TIFF", compression="tiff_adobe_deflate"),
+        "tiff_tiled": tiled_tiff(48, 32, 16),
+        "gif": save(leaf.convert("P"), "GIF", save_all=True, append_images=[leaf.rotate(90).convert("P")]),
+        "bmp": save(leaf, "BMP"),
+    }
+
+
+INTERESTING_VALUES = (0, 1, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0xFFFF, 0x10000, 0x7FFFFFFF, 0xFFFFFFFF)
+MUTATIONS = ("flip", "overwrite", "interesting", "truncate", "insert", "delete", "duplicate")
+
+
+def mutate(data: bytes, operations: Iterable[tuple[str, float, int, bytes]]) -> bytes:
+    """Apply (kind, relative position 0..1, number, bytes) operations in order: the mutations a fuzzer makes to
+    image files (bit flips, overwrites, interesting integers in header fields, cuts, insertions, repeats)."""
+    out = bytearray(data)
+    for kind, where, number, chunk in operations:
+        pos = min(int(where * len(out)), max(len(out) - 1, 0))
+        if kind == "flip" and out:
+            out[pos] ^= 1 << (number % 8)
+        elif kind == "overwrite":
+            out[pos:pos + len(chunk)] = chunk
+        elif kind == "interesting":
+            width = (1, 2, 4)[number % 3]
+            value = INTERESTING_VALUES[number % len(INTERESTING_VALUES)] & ((1 << 8 * width) - 1)
+            out[pos:pos + width] = value.to_bytes(width, "big" if number % 2 else "little")
+        elif kind == "truncate":
+            del out[pos:]
+        elif kind == "insert":
+            out[pos:pos] = chunk
+        elif kind == "delete":
+            del out[pos:pos + 1 + number % 64]
+        elif kind == "duplicate":
+            out[pos:pos] = out[pos:pos + 1 + number % 256]
+    return bytes(out)
