@@ -8,15 +8,22 @@ the decoder's alone; a hostile round against the live server belongs to the over
 
     .venv/bin/python -m bench.hostile_inputs                 # every payload, a Markdown table
     .venv/bin/python -m bench.hostile_inputs --only tiff_tile_16384 --only png16_7000
+    .venv/bin/python -m bench.hostile_inputs --fuzz 5000 --seed 1   # mutated files (tests/test_fuzz.py's mutations)
+
+`--fuzz N` runs N mutated small files in one warmed-up process and reports the outcomes, the CPU of the worst input
+and the peak RSS of the whole run above the warm process: an upper bound on what any one of them cost.
 """
 from __future__ import annotations
 
 import argparse
+import collections
 import json
+import random
 import resource
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -68,6 +75,45 @@ def measure_one(name: str) -> dict:
             "cpu_s": round(time.process_time() - cpu_before, 3), "wall_s": round(time.perf_counter() - wall_before, 3)}
 
 
+def _random_operations(rng: random.Random) -> list[tuple[str, float, int, bytes]]:
+    return [(rng.choice(hostile.MUTATIONS), rng.random(), rng.randrange(1 << 16), rng.randbytes(rng.randint(1, 32)))
+            for _ in range(rng.randint(1, 6))]
+
+
+def fuzz(count: int, seed: int) -> dict:
+    """Decode + transform `count` mutated corpus files in this process; the worst CPU and the run's peak RSS."""
+    import torch
+
+    from inference import InvalidImage, decode_image
+    from model.transforms import PreprocessConfig, build_transform
+
+    warnings.simplefilter("ignore")  # Pillow warns about every damaged tag it skips
+    torch.set_num_threads(1)
+    transform = build_transform(PreprocessConfig.from_dict(torch.load(BUNDLE, weights_only=True)["preprocess"]))
+    transform(decode_image(LEAF.read_bytes()))
+    corpus, rng = hostile.seed_corpus(), random.Random(seed)
+    outcomes: collections.Counter[str] = collections.Counter()
+    worst = (0.0, "")
+    peak_before = _peak_rss_mb()
+    for index in range(count):
+        name = rng.choice(sorted(corpus))
+        data = hostile.mutate(corpus[name], _random_operations(rng))
+        started = time.process_time()
+        try:
+            transform(decode_image(data))
+            outcomes["ok"] += 1
+        except InvalidImage as exc:
+            outcomes[exc.code] += 1
+        except Exception as exc:  # would be a 500
+            outcomes[f"{type(exc).__name__} (500)"] += 1
+        cpu = time.process_time() - started
+        if cpu > worst[0]:
+            worst = (cpu, f"#{index} (mutated {name}, {len(data)} bytes)")
+    return {"inputs": count, "seed": seed, "outcomes": dict(outcomes.most_common()),
+            "worst_cpu_s": round(worst[0], 3), "worst_input": worst[1],
+            "peak_rss_growth_mb": round(_peak_rss_mb() - peak_before, 1)}
+
+
 def run_isolated(name: str, timeout_s: float) -> dict:
     command = [sys.executable, "-m", "bench.hostile_inputs", "--child", name]
     try:
@@ -83,8 +129,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", action="append", choices=sorted(PAYLOADS), help="payload (repeatable)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per payload before it is killed")
+    parser.add_argument("--fuzz", type=int, metavar="N", help="instead: N mutated small files in one process")
+    parser.add_argument("--seed", type=int, default=0, help="seed of --fuzz")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.fuzz:
+        print(json.dumps(fuzz(args.fuzz, args.seed), indent=1))
+        return
     if args.child:
         print(json.dumps(measure_one(args.child)))
         return
