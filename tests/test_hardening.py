@@ -13,8 +13,10 @@ import pytest
 from PIL import Image
 from support import encode
 from test_api import assert_error, client_encoded, files
+from urllib3 import encode_multipart_formdata
 
 from bench import hostile_files as hostile
+from serving.feedback import FeedbackStore, FeedbackStoreFull
 
 HOSTILE_PREDICTS = [
     ("line-png", lambda: hostile.wide_png(30_000), 400, "bad_aspect_ratio"),
@@ -125,37 +127,34 @@ def test_chunked_bodies_over_the_limit_are_413_on_gunicorn(start_server, tiny_bu
                                ("application/json", json.dumps({"image": base64.b64encode(padded_jpeg).decode()}).encode())]:
         status, answer = _chunked_post(server.url, "/predict", body, content_type)
         assert (status, answer["error"]["code"]) == (413, "payload_too_large"), answer
-    form, form_type = __import__("urllib3").encode_multipart_formdata({"file": ("a.jpg", padded_jpeg, "image/jpeg")})
+    form, form_type = encode_multipart_formdata({"file": ("a.jpg", padded_jpeg, "image/jpeg")})
     status, answer = _chunked_post(server.url, "/predict", form, form_type)
     assert (status, answer["error"]["code"]) == (413, "payload_too_large"), answer
     assert _chunked_post(server.url, "/predict", leaf_bytes, "image/jpeg")[0] == 200
 
 
+def _report(client, image: bytes):
+    return client.post("/feedback", data={"file": (io.BytesIO(image), "a.jpg"), "correct_class": "healthy"})
+
+
 def test_feedback_store_full_by_count_is_507(make_app, leaf_bytes):
     app = make_app(FEEDBACK_MAX_ITEMS=2)
     client = app.test_client()
-    post = lambda: client.post("/feedback", data={"file": (io.BytesIO(leaf_bytes), "a.jpg"), "correct_class": "healthy"})
-    assert [post().status_code, post().status_code] == [201, 201]
-    answer = post()
+    assert [_report(client, leaf_bytes).status_code, _report(client, leaf_bytes).status_code] == [201, 201]
+    answer = _report(client, leaf_bytes)
     assert "the limit is 2" in assert_error(answer, 507, "feedback_store_full")["error"]["message"]
     assert len(app.extensions["tomato"].feedback.rows()) == 2
     assert len(list(app.extensions["tomato"].feedback.images.iterdir())) == 2
 
 
 def test_feedback_store_full_by_bytes_is_507(make_app, leaf_bytes):
-    app = make_app(FEEDBACK_MAX_BYTES=len(leaf_bytes) * 2 + 200)
-    client = app.test_client()
-    post = lambda: client.post("/feedback", data={"file": (io.BytesIO(leaf_bytes), "a.jpg"), "correct_class": "healthy"})
-    assert [post().status_code, post().status_code] == [201, 201]
-    assert "bytes used" in assert_error(post(), 507, "feedback_store_full")["error"]["message"]
-    small = encode(Image.new("RGB", (4, 4)), "PNG")  # what is left still takes a small image
-    assert client.post("/feedback", data={"file": (io.BytesIO(small), "s.png"),
-                                          "correct_class": "healthy"}).status_code == 201
+    client = make_app(FEEDBACK_MAX_BYTES=len(leaf_bytes) * 2 + 200).test_client()
+    assert [_report(client, leaf_bytes).status_code, _report(client, leaf_bytes).status_code] == [201, 201]
+    assert "bytes used" in assert_error(_report(client, leaf_bytes), 507, "feedback_store_full")["error"]["message"]
+    assert _report(client, encode(Image.new("RGB", (4, 4)), "PNG")).status_code == 201  # what is left takes a small one
 
 
 def test_a_store_from_before_the_caps_gets_its_sizes_counted(tmp_path, leaf_bytes):
-    from serving.feedback import FeedbackStore
-
     folder = tmp_path / "old"
     (folder / "images").mkdir(parents=True)
     (folder / "images" / "abc.jpg").write_bytes(leaf_bytes)
@@ -165,7 +164,5 @@ def test_a_store_from_before_the_caps_gets_its_sizes_counted(tmp_path, leaf_byte
         db.execute("INSERT INTO feedback VALUES ('abc', 1.0, 'abc.jpg', NULL, 'healthy', NULL, NULL)")
     store = FeedbackStore(folder, max_bytes=len(leaf_bytes) + 10)
     assert store.rows()[0]["image_bytes"] == len(leaf_bytes)
-    from serving.feedback import FeedbackStoreFull
-
     with pytest.raises(FeedbackStoreFull):
         store.add(leaf_bytes, None, "healthy", None, "sha")
