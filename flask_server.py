@@ -20,13 +20,13 @@ from typing import Any
 import torch
 from flask import Flask, Response, current_app, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from inference import DEFAULT_BUNDLE_PATH, InvalidImage, MicroBatcher, ModelBundle, QueueFull, decode_image, load_bundle
 from inference.predict import preprocess
 from model.verdict import NOT_A_TOMATO_LEAF
 from serving.errors import IMAGE_ERROR_STATUS, ApiError
-from serving.feedback import FeedbackStore
+from serving.feedback import FeedbackStore, FeedbackStoreFull
 from serving.metrics import create_metrics
 from serving.multipart import ApiRequest
 from serving.openapi import openapi_spec
@@ -52,6 +52,8 @@ DEFAULTS: dict[str, Any] = {
     "WORKERS": 1,  # worker processes that must be warm before /readyz says 200
     "API_TOKEN": None,  # when set, POST endpoints need "Authorization: Bearer <token>"
     "FEEDBACK_DIR": "feedback",  # where /feedback stores images and feedback.sqlite3
+    "FEEDBACK_MAX_ITEMS": 10_000,  # reports the store keeps; beyond it /feedback answers 507
+    "FEEDBACK_MAX_BYTES": 1 << 30,  # image bytes the store keeps (1 GiB); beyond it /feedback answers 507
     "LOAD_IN_BACKGROUND": False,  # True: start serving at once, /readyz says 503 until the model is warm
 }
 
@@ -66,7 +68,8 @@ class ServiceState:
         self.load_error: str | None = None
         self.ready = threading.Event()
         self.metrics = create_metrics()
-        self.feedback = FeedbackStore(Path(app.config["FEEDBACK_DIR"]))
+        self.feedback = FeedbackStore(Path(app.config["FEEDBACK_DIR"]), max_items=int(app.config["FEEDBACK_MAX_ITEMS"]),
+                                      max_bytes=int(app.config["FEEDBACK_MAX_BYTES"]))
 
     def load(self) -> None:
         try:
@@ -254,7 +257,10 @@ def register_routes(app: Flask) -> None:
         for name, value in (("correct_class", correct), ("predicted_class", predicted)):
             if (value or name == "correct_class") and value not in allowed:
                 raise ApiError(400, "bad_parameter", f"{name} must be one of {allowed}, got {value!r}")
-        item_id = state().feedback.add(upload.data, predicted, correct, comment, bundle.sha256)
+        try:
+            item_id = state().feedback.add(upload.data, predicted, correct, comment, bundle.sha256)
+        except FeedbackStoreFull as exc:
+            raise ApiError(507, "feedback_store_full", str(exc)) from None
         return jsonify(id=item_id, stored=True), 201
 
 
@@ -267,7 +273,7 @@ def register_error_handlers(app: Flask) -> None:
     def http_error(exc: HTTPException) -> tuple[Response, int, dict[str, str]]:
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.code or 500, "http_error")
         message = exc.description or exc.name
-        if exc.code == 413:
+        if exc.code == 413 and message == RequestEntityTooLarge.description:  # the body limit; others say theirs
             message = f"request body is larger than {current_app.config['MAX_CONTENT_LENGTH']} bytes"
         headers = {k: v for k, v in exc.get_headers() if k.lower() == "allow"}
         return jsonify({"error": {"code": code, "message": message}}), exc.code or 500, headers

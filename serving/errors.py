@@ -22,5 +22,6 @@ IMAGE_ERROR_STATUS = {
     "not_an_image": 415,
     "truncated_image": 400,
     "corrupt_image": 400,
+    "bad_aspect_ratio": 400,
     "image_too_large": 413,
 }

@@ -111,7 +111,7 @@ def openapi_spec() -> dict[str, Any]:
                 "security": [{}, {"bearer": []}],
                 "responses": {"201": _json("stored", {"type": "object", "properties": {"id": {"type": "string"},
                                                                                     "stored": {"type": "boolean"}}}),
-                              **_errors(400, 401, 413, 415, 503)},
+                              **_errors(400, 401, 413, 415, 503, 507)},
             }},
         },
     }

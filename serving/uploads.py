@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from dataclasses import dataclass
 
 from flask import Request
@@ -30,14 +31,25 @@ def _b64(value: object, name: str) -> bytes:
         raise ApiError(400, "bad_base64", f"{name} is not valid base64") from None
 
 
-def _from_json(request: Request) -> list[Upload]:
-    body = request.get_json(silent=True)
+def _json_body(request: Request) -> object:
+    """The parsed body; nesting deeper than the interpreter's recursion limit is a client error like any other."""
+    try:
+        return json.loads(request.get_data(cache=False))
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        reason = "it is nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise ApiError(400, "bad_json", f"the body is not usable JSON: {reason}") from None
+
+
+def _from_json(request: Request, max_files: int) -> list[Upload]:
+    body = _json_body(request)
     if not isinstance(body, dict):
         raise ApiError(400, "bad_json", 'body must be a JSON object like {"image": "<base64>"}')
     if "image" in body:
         return [Upload("image", _b64(body["image"], "image"))]
     if isinstance(body.get("images"), list):
-        return [Upload(f"images[{i}]", _b64(v, f"images[{i}]")) for i, v in enumerate(body["images"])]
+        images = body["images"]
+        _check_count(len(images), max_files)  # before decoding any of them
+        return [Upload(f"images[{i}]", _b64(v, f"images[{i}]")) for i, v in enumerate(images)]
     raise ApiError(400, "missing_file", 'JSON body needs an "image" (base64) or "images" (list of base64) field')
 
 
@@ -58,7 +70,7 @@ def read_uploads(request: Request, max_files: int, field: str = "file") -> list[
     elif mimetype.startswith("image/"):
         uploads = [Upload("body", request.get_data(cache=False))]
     elif mimetype == "application/json":
-        uploads = _from_json(request)
+        uploads = _from_json(request, max_files)
     elif not mimetype and not request.content_length:
         raise ApiError(400, "missing_file", f'send an image: multipart field "{field}", an image/* body or JSON base64')
     else:
@@ -68,6 +80,10 @@ def read_uploads(request: Request, max_files: int, field: str = "file") -> list[
         )
     if not uploads:
         raise ApiError(400, "missing_file", "no image in the request")
-    if len(uploads) > max_files:
-        raise ApiError(400, "too_many_files", f"{len(uploads)} images sent; at most {max_files} per request")
+    _check_count(len(uploads), max_files)
     return uploads
+
+
+def _check_count(count: int, max_files: int) -> None:
+    if count > max_files:
+        raise ApiError(400, "too_many_files", f"{count} images sent; at most {max_files} per request")
