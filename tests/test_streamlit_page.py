@@ -49,8 +49,10 @@ def clean_page_state(monkeypatch):
 def tiny_server(tiny_bundle_path, tmp_path_factory):
     """One real gunicorn API on the tiny model shared by this module's read-mostly tests (start-up costs seconds)."""
     server = LiveServer(tiny_bundle_path, tmp_path_factory.mktemp("page-tiny-server"))
-    yield server.wait_ready()
-    server.stop()
+    try:
+        yield server.wait_ready()
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +61,10 @@ def strict_server(tiny_bundle_path, tmp_path_factory):
     env = {"TOMATO_MAX_IMAGE_PIXELS": "100000",  # 256x256 samples pass, a 500x500 photo gets 413
            "TOMATO_MAX_QUEUE": "1", "TOMATO_MAX_BATCH_SIZE": "1"}  # 16 images at once overflow the queue: 429
     server = LiveServer(tiny_bundle_path, tmp_path_factory.mktemp("page-strict-server"), extra_env=env)
-    yield server.wait_ready()
-    server.stop()
+    try:
+        yield server.wait_ready()
+    finally:
+        server.stop()
 
 
 def open_page(monkeypatch, api_url: str, **env: str) -> AppTest:
@@ -316,7 +320,7 @@ def test_model_that_failed_to_load_gives_503_message(monkeypatch, tmp_path):
             try:
                 if requests.get(server.url + "/readyz", timeout=2).status_code == 503:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or slow to answer on a loaded machine
                 time.sleep(0.2)
         at = open_page(monkeypatch, server.url)
         assert "Model failed to load" in " ".join(values(at.sidebar.markdown))
