@@ -30,7 +30,7 @@ from serving.metrics import create_metrics
 from serving.multipart import ApiRequest
 from serving.openapi import openapi_spec
 from serving.uploads import read_uploads
-from serving.workers import mark_ready, ready_workers
+from serving.workers import announce_if_all_ready, mark_ready, ready_workers
 
 GUNICORN_CONFIG = Path(__file__).resolve().parent / "gunicorn.conf.py"
 
@@ -86,8 +86,10 @@ class ServiceState:
             gc.collect()
             gc.freeze()
             self.ready.set()
-            if self.config["RUN_DIR"]:
-                mark_ready(Path(self.config["RUN_DIR"]))
+            run_dir = Path(self.config["RUN_DIR"]) if self.config["RUN_DIR"] else None
+            if run_dir:
+                mark_ready(run_dir)
+            announce_if_all_ready(run_dir, int(self.config["WORKERS"]), self.bundle.describe())
         except Exception as exc:  # reported by /readyz and every /predict instead of crashing the worker
             self.load_error = f"{type(exc).__name__}: {exc}"
             raise
