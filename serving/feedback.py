@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import sqlite3
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -33,16 +34,25 @@ def image_extension(data: bytes) -> str:
 
 
 class FeedbackStore:
+    """Created on first use: a server that never receives feedback leaves no folder or database behind."""
+
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
         self.images = self.folder / "images"
-        self.images.mkdir(parents=True, exist_ok=True)
         self.db_path = self.folder / "feedback.sqlite3"
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(SCHEMA)
+        self._schema_ready = False
+        self._schema_lock = threading.Lock()
 
     def _connect(self) -> sqlite3.Connection:
+        """A connection to a database that has the table: each process creates it (if missing) once, on first use."""
+        if not self._schema_ready:
+            with self._schema_lock:
+                if not self._schema_ready:
+                    self.images.mkdir(parents=True, exist_ok=True)
+                    with sqlite3.connect(self.db_path, timeout=30) as db:  # IF NOT EXISTS: other processes may race
+                        db.execute("PRAGMA journal_mode=WAL")
+                        db.execute(SCHEMA)
+                    self._schema_ready = True
         return sqlite3.connect(self.db_path, timeout=30)
 
     def add(self, image: bytes, predicted: str | None, correct: str, comment: str | None,
@@ -50,6 +60,7 @@ class FeedbackStore:
         """Write the image first, then the row, so a row never points at a missing file."""
         item_id = uuid.uuid4().hex
         name = f"{item_id}.{image_extension(image)}"
+        self.images.mkdir(parents=True, exist_ok=True)  # first use creates the folder
         tmp = self.images / f".{name}.tmp"
         tmp.write_bytes(image)
         tmp.replace(self.images / name)
@@ -61,6 +72,8 @@ class FeedbackStore:
         return item_id
 
     def rows(self) -> list[dict]:
+        if not self.db_path.exists():
+            return []
         with self._connect() as db:
             db.row_factory = sqlite3.Row
             return [dict(r) for r in db.execute("SELECT * FROM feedback ORDER BY created_at")]

@@ -290,6 +290,16 @@ def test_openapi_lists_exactly_the_served_routes(app, client):
         assert error_status in spec["paths"]["/predict"]["post"]["responses"]
 
 
+def test_feedback_store_is_created_on_first_use_only(app, client, leaf_bytes):
+    """Runtime data stays out of the project: starting and predicting writes no feedback folder or database."""
+    folder = app.extensions["tomato"].feedback.folder
+    client.post("/predict", data={"file": (io.BytesIO(leaf_bytes), "leaf.jpg")})
+    assert not folder.exists()
+    response = client.post("/feedback", data={"file": (io.BytesIO(leaf_bytes), "leaf.jpg"), "correct_class": "healthy"})
+    assert response.status_code == 201
+    assert (folder / "feedback.sqlite3").is_file() and len(list((folder / "images").iterdir())) == 1
+
+
 def test_feedback_is_stored(app, client, leaf_bytes):
     response = client.post("/feedback", data={"file": (io.BytesIO(leaf_bytes), "../../etc/passwd"),
                                               "correct_class": "Early_blight", "predicted_class": "Late_blight",
