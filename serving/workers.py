@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 from prometheus_client import values
 from prometheus_client.multiprocess import mark_process_dead
 
@@ -27,7 +28,7 @@ METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 RUN_DIR_PREFIX = "tomato-leaf-server-"  # + the master's pid + "-" + a random part
 RUN_DIR_ENV = "TOMATO_RUN_DIR"  # create_app reads its settings from TOMATO_* variables, which workers inherit
 ANNOUNCE_URL_ENV = "TOMATO_ANNOUNCE_URL"  # set by on_starting: the address the "API ready on ..." line names
-STARTED_AT_ENV = "TOMATO_STARTED_AT"  # set by on_starting: when the master started, for the line's "after N s"
+STARTED_AT_ENV = "TOMATO_STARTED_AT"  # set by on_starting: when the master process began (imports included)
 
 
 def default_worker_count(uses_cuda: bool, cores: int | None = None, cap: int = 4) -> int:
@@ -136,7 +137,7 @@ def on_starting(arbiter: Any) -> None:
     else:
         os.environ.pop(RUN_DIR_ENV, None)
     os.environ.setdefault("TOMATO_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
-    os.environ[STARTED_AT_ENV] = str(time.time())
+    os.environ[STARTED_AT_ENV] = str(psutil.Process().create_time())  # the "after N s" a person waited, not less
     bind = arbiter.cfg.bind[0] if arbiter.cfg.bind else ""
     if bind and not bind.startswith(("unix:", "fd:")):
         os.environ[ANNOUNCE_URL_ENV] = f"http://{bind}"
