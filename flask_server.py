@@ -31,7 +31,7 @@ from serving.metrics import create_metrics
 from serving.multipart import ApiRequest
 from serving.openapi import openapi_spec
 from serving.uploads import read_uploads
-from serving.workers import mark_ready, ready_workers
+from serving.workers import announce_if_all_ready, mark_ready, ready_workers
 
 GUNICORN_CONFIG = Path(__file__).resolve().parent / "gunicorn.conf.py"
 
@@ -90,8 +90,10 @@ class ServiceState:
             gc.collect()
             gc.freeze()
             self.ready.set()
-            if self.config["RUN_DIR"]:
-                mark_ready(Path(self.config["RUN_DIR"]))
+            run_dir = Path(self.config["RUN_DIR"]) if self.config["RUN_DIR"] else None
+            if run_dir:
+                mark_ready(run_dir)
+            announce_if_all_ready(run_dir, int(self.config["WORKERS"]), self.bundle.describe())
         except Exception as exc:  # reported by /readyz and every /predict instead of crashing the worker
             self.load_error = f"{type(exc).__name__}: {exc}"
             raise
@@ -149,6 +151,21 @@ def decode_or_error(data: bytes, filename: str) -> Any:
         raise ApiError(IMAGE_ERROR_STATUS.get(exc.code, 400), exc.code, f"{filename}: {exc}") from None
 
 
+def image_error(upload: Any, exc: InvalidImage) -> dict[str, Any]:
+    """A bad file's place in `predictions` when other files of the same request were answered."""
+    return {"filename": upload.filename, "error": {"code": exc.code, "message": str(exc)}}
+
+
+def none_usable(uploads: list[Any], errors: dict[int, InvalidImage]) -> ApiError:
+    """No image of the request could be used: the first bad file's status and code (a single bad file gets exactly
+    the error it always got); the message names every file."""
+    first = errors[0]
+    message = "; ".join(f"{uploads[i].filename}: {errors[i]}" for i in sorted(errors))
+    if len(uploads) > 1:
+        message = f"none of the {len(uploads)} images could be used: {message}"
+    return ApiError(IMAGE_ERROR_STATUS.get(first.code, 400), first.code, message)
+
+
 def register_routes(app: Flask) -> None:
     @app.get("/")
     def index() -> Response:
@@ -203,12 +220,19 @@ def register_routes(app: Flask) -> None:
         top_k = parse_top_k(bundle)
         uploads = read_uploads(request, int(current_app.config["MAX_FILES"]))
         decode_started = time.perf_counter()
-        tensors, decode_ms = [], []
+        tensors, decode_ms, errors = [], [], {}  # errors: upload index -> why that file could not be used
         with batcher.incoming(len(uploads)) as announcement:  # a batch being gathered may wait for these
-            for upload in uploads:  # decoding happens here, in the request thread, in parallel with the batcher
+            for index, upload in enumerate(uploads):  # decoded here, in the request thread, while the batcher runs
                 started = time.perf_counter()
-                tensors.append(preprocess(bundle, decode_or_error(upload.data, upload.filename)))
+                try:
+                    image = decode_image(upload.data, max_pixels=int(current_app.config["MAX_IMAGE_PIXELS"]))
+                except InvalidImage as exc:  # this file gets an error in its place; the others are still answered
+                    errors[index] = exc
+                    continue
+                tensors.append(preprocess(bundle, image))
                 decode_ms.append((time.perf_counter() - started) * 1000)
+            if not tensors:
+                raise none_usable(uploads, errors)
             try:
                 futures = batcher.submit_many(tensors, top_k, announcement)
             except QueueFull as exc:
@@ -227,16 +251,20 @@ def register_routes(app: Flask) -> None:
         state().metrics.images.inc(len(results))
         for result in results:
             state().metrics.verdicts.labels(result.prediction.verdict).inc()
-        predictions = [
-            {
+        answered = iter(zip(results, decode_ms))
+        predictions = []
+        for index, upload in enumerate(uploads):  # upload order, a bad file's error object in its place
+            if index in errors:
+                predictions.append(image_error(upload, errors[index]))
+                continue
+            result, d = next(answered)
+            predictions.append({
                 "filename": upload.filename,
                 **result.prediction.to_dict(),
                 "batch_size": result.batch_size,
                 "timing_ms": {"decode": round(d, 2), "queue": round(result.queue_ms, 2),
                               "inference": round(result.inference_ms, 2)},
-            }
-            for upload, result, d in zip(uploads, results, decode_ms)
-        ]
+            })
         total_ms = (time.perf_counter() - g.started) * 1000
         return jsonify(predictions=predictions, model=bundle.describe(), timing_ms={"total": round(total_ms, 2)})
 

@@ -26,17 +26,22 @@ def expected_class(path: Path) -> str:
     return NOT_A_LEAF if path.parent == NOT_LEAF_SAMPLES else path.stem.rsplit("_", 1)[0]
 
 
-def wait_until_ready(url: str, timeout: float) -> None:
-    deadline = time.time() + timeout
-    while True:
+def wait_until_ready(url: str, timeout: float, probe_timeout: float = 10.0) -> None:
+    """Poll /readyz until 200. A refused connection, a reset or a slow answer while the workers load all mean
+    "not yet" (a loaded machine can take seconds to answer); only the overall deadline ends the wait."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
         try:
-            if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
+            response = requests.get(f"{url}/readyz", timeout=min(probe_timeout, max(0.1, deadline - time.monotonic())))
+            if response.status_code == 200:
                 return
-        except requests.ConnectionError:
-            pass
-        if time.time() > deadline:
-            raise SystemExit(f"FAIL: {url} is not ready after {timeout:.0f}s (is `python flask_server.py` running?)")
+            last = f"HTTP {response.status_code}"
+        except requests.RequestException as exc:
+            last = type(exc).__name__
         time.sleep(0.5)
+    raise SystemExit(f"FAIL: {url} is not ready after {timeout:.0f}s, last answer: {last} "
+                     "(is `python flask_server.py` running?)")
 
 
 def check_sample(session: requests.Session, url: str, path: Path) -> tuple[bool, str, str, float, float]:
@@ -67,7 +72,7 @@ def check_bad_input(session: requests.Session, url: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default="http://127.0.0.1:5000", help="base URL of the running server")
-    parser.add_argument("--wait", type=float, default=60, help="seconds to wait for /readyz")
+    parser.add_argument("--wait", type=float, default=300, help="seconds to wait for /readyz")
     args = parser.parse_args(argv)
     url = args.url.rstrip("/")
     wait_until_ready(url, args.wait)

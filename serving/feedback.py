@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import sqlite3
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -40,17 +41,16 @@ def image_extension(data: bytes) -> str:
 
 
 class FeedbackStore:
+    """Created on first use: a server that never receives feedback leaves no folder or database behind."""
+
     def __init__(self, folder: Path, max_items: int = 10_000, max_bytes: int = 1 << 30) -> None:
         self.folder = Path(folder)
         self.max_items = max_items
         self.max_bytes = max_bytes
         self.images = self.folder / "images"
-        self.images.mkdir(parents=True, exist_ok=True)
         self.db_path = self.folder / "feedback.sqlite3"
-        with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(SCHEMA)
-            self._add_size_column(db)
+        self._schema_ready = False
+        self._schema_lock = threading.Lock()
 
     def _add_size_column(self, db: sqlite3.Connection) -> None:
         """Stores written before the byte cap existed get the column, filled from the files on disk."""
@@ -64,6 +64,16 @@ class FeedbackStore:
             db.execute("UPDATE feedback SET image_bytes = ? WHERE id = ?", (size, item_id))
 
     def _connect(self) -> sqlite3.Connection:
+        """A connection to a database that has the table: each process creates it (if missing) once, on first use."""
+        if not self._schema_ready:
+            with self._schema_lock:
+                if not self._schema_ready:
+                    self.images.mkdir(parents=True, exist_ok=True)
+                    with sqlite3.connect(self.db_path, timeout=30) as db:  # IF NOT EXISTS: other processes may race
+                        db.execute("PRAGMA journal_mode=WAL")
+                        db.execute(SCHEMA)
+                        self._add_size_column(db)
+                    self._schema_ready = True
         return sqlite3.connect(self.db_path, timeout=30)
 
     def add(self, image: bytes, predicted: str | None, correct: str, comment: str | None,
@@ -92,6 +102,8 @@ class FeedbackStore:
         return item_id
 
     def rows(self) -> list[dict]:
+        if not self.db_path.exists():
+            return []
         with self._connect() as db:
             db.row_factory = sqlite3.Row
             return [dict(r) for r in db.execute("SELECT * FROM feedback ORDER BY created_at")]

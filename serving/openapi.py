@@ -78,6 +78,12 @@ def openapi_spec() -> dict[str, Any]:
                           "required": ["error"]},
                 "ClassScore": score,
                 "Prediction": prediction,
+                "ImageError": {  # a file of a multi-image request that could not be used; the others are answered
+                    "type": "object",
+                    "properties": {"filename": {"type": "string"}, "error": {"type": "object", "properties": {
+                        "code": {"type": "string"}, "message": {"type": "string"}}, "required": ["code", "message"]}},
+                    "required": ["filename", "error"],
+                },
             },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
@@ -97,9 +103,13 @@ def openapi_spec() -> dict[str, Any]:
                 "requestBody": {"required": True, "content": predict_body},
                 "security": [{}, {"bearer": []}],
                 "responses": {
-                    "200": _json("predictions, in upload order", {
+                    "200": _json("one entry per image, in upload order: a Prediction, or an ImageError for a file that "
+                                 "could not be used (200 when at least one image was answered; when none could be, "
+                                 "the first bad file's 4xx error)", {
                         "type": "object",
-                        "properties": {"predictions": {"type": "array", "items": {"$ref": "#/components/schemas/Prediction"}},
+                        "properties": {"predictions": {"type": "array", "items": {"oneOf": [
+                            {"$ref": "#/components/schemas/Prediction"},
+                            {"$ref": "#/components/schemas/ImageError"}]}},
                                        "model": {"type": "object"}, "timing_ms": {"type": "object"}},
                         "required": ["predictions", "model", "timing_ms"]}),
                     **_errors(400, 401, 413, 415, 429, 503, 504),

@@ -16,15 +16,19 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 from prometheus_client import values
 from prometheus_client.multiprocess import mark_process_dead
 
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 RUN_DIR_PREFIX = "tomato-leaf-server-"  # + the master's pid + "-" + a random part
 RUN_DIR_ENV = "TOMATO_RUN_DIR"  # create_app reads its settings from TOMATO_* variables, which workers inherit
+ANNOUNCE_URL_ENV = "TOMATO_ANNOUNCE_URL"  # set by on_starting: the address the "API ready on ..." line names
+STARTED_AT_ENV = "TOMATO_STARTED_AT"  # set by on_starting: when the master process began (imports included)
 
 
 def default_worker_count(uses_cuda: bool, cores: int | None = None, cap: int = 4) -> int:
@@ -85,6 +89,27 @@ def ready_workers(run_dir: Path) -> int:
     return sum(1 for _ in (Path(run_dir) / "ready").iterdir())
 
 
+def announce_if_all_ready(run_dir: Path | None, expected: int, model: dict[str, Any]) -> bool:
+    """Print one "API ready on http://... (model X, N workers)" line when the last worker gets warm, so a person
+    starting the server sees one clear moment instead of reading gunicorn's log. Only under gunicorn (which sets
+    the address); with several workers the first to see all of them warm claims the line with an exclusive file."""
+    url = os.environ.get(ANNOUNCE_URL_ENV)
+    if not url:
+        return False
+    if run_dir is not None:
+        if ready_workers(run_dir) < expected:
+            return False
+        try:
+            os.close(os.open(Path(run_dir) / "announced", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return False
+    started = float(os.environ.get(STARTED_AT_ENV) or time.time())
+    plural = "s" if expected != 1 else ""
+    print(f"API ready on {url} (model {model.get('version', '?')}, {expected} worker{plural}, "
+          f"{model.get('backend', '?')}) after {time.time() - started:.0f} s", flush=True)
+    return True
+
+
 def forget_worker(run_dir: Path, pid: int) -> None:
     """gunicorn child_exit hook: a dead worker is neither ready nor counted in live gauges."""
     (Path(run_dir) / "ready" / str(pid)).unlink(missing_ok=True)
@@ -112,6 +137,10 @@ def on_starting(arbiter: Any) -> None:
     else:
         os.environ.pop(RUN_DIR_ENV, None)
     os.environ.setdefault("TOMATO_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    os.environ[STARTED_AT_ENV] = str(psutil.Process().create_time())  # the "after N s" a person waited, not less
+    bind = arbiter.cfg.bind[0] if arbiter.cfg.bind else ""
+    if bind and not bind.startswith(("unix:", "fd:")):
+        os.environ[ANNOUNCE_URL_ENV] = f"http://{bind}"
 
 
 def child_exit(arbiter: Any, worker: Any) -> None:

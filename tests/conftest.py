@@ -13,6 +13,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # export path once, and nothing left in ~/.cache can make a test pass or fail.
 os.environ["TOMATO_CACHE_DIR"] = tempfile.mkdtemp(prefix="tomato-test-onnx-cache-")
 atexit.register(shutil.rmtree, os.environ["TOMATO_CACHE_DIR"], True)
+# Feedback written by any app or server a test forgets to point elsewhere lands here, never in the project's feedback/.
+os.environ["TOMATO_FEEDBACK_DIR"] = tempfile.mkdtemp(prefix="tomato-test-feedback-")
+atexit.register(shutil.rmtree, os.environ["TOMATO_FEEDBACK_DIR"], True)
 
 
 def _import_streamlit_library() -> None:
@@ -27,9 +30,10 @@ def _import_streamlit_library() -> None:
 
 _import_streamlit_library()
 
-import pytest  # noqa: E402
+import psutil  # noqa: E402
+import pytest
 import torch
-from support import CLASS_NAMES, SHIPPED_BUNDLE, LiveServer, sample_files
+from support import CLASS_NAMES, SHIPPED_BUNDLE, LiveServer, leftover_servers, sample_files
 
 from model.bundle import save_bundle
 from model.data import DISPLAY_NAMES
@@ -100,14 +104,40 @@ def start_server(tmp_path):
         servers.append(server)
         return server.wait_ready()
 
-    yield factory
-    for server in servers:
-        server.stop()
+    try:
+        yield factory
+    finally:
+        for server in servers:
+            server.stop()
 
 
 @pytest.fixture(scope="session")
 def shipped_server(shipped_bundle_path, tmp_path_factory):
     """One real server on the shipped model, shared by the tests that only read from it."""
     server = LiveServer(shipped_bundle_path, tmp_path_factory.mktemp("shipped-server"))
-    yield server.wait_ready()
-    server.stop()
+    try:
+        yield server.wait_ready()
+    finally:
+        server.stop()
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """Fail the run if any server or other child process outlived its test: stop it, name it, exit non-zero.
+
+    A leaked gunicorn master with two workers holds ~1.8 GB and a port long after pytest has gone."""
+    leaked = [f"server {server.url} (pid {server.process.pid})" for server in leftover_servers()]
+    for server in leftover_servers():
+        server.stop(timeout=5)
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if any("multiprocessing." in part for part in child.cmdline()):  # Python's own helpers live to exit
+                continue
+            leaked.append(f"process {child.pid}: {' '.join(child.cmdline())[:200]}")
+            child.kill()
+        except psutil.Error:  # exited meanwhile
+            pass
+    if leaked:
+        session.config.get_terminal_writer().line(
+            "LEAKED PROCESSES (stopped now; a test or fixture did not stop what it started):\n  "
+            + "\n  ".join(leaked), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -57,9 +57,39 @@ def encode(img: Image.Image, fmt: str = "JPEG", **kwargs) -> bytes:
     return buf.getvalue()
 
 
+READY_TIMEOUT_S = 300.0  # overall deadline for a server to answer /readyz 200: CI machines are 2 loaded cores
+PROBE_TIMEOUT_S = 10.0  # one /readyz probe; a slow answer while workers load is normal, not a failure
+
+_started_servers: set["LiveServer"] = set()  # strong references: a forgotten server is still found
+
+
+def wait_until_ready(url: str, deadline_s: float = READY_TIMEOUT_S, alive=lambda: True,
+                     probe_timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Poll `url`/readyz until it answers 200. Any request failure (refused, reset, read timeout while the workers
+    load) means "not yet": only the overall deadline, or `alive()` turning False, ends the wait."""
+    deadline = time.monotonic() + deadline_s
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        if not alive():
+            raise RuntimeError(f"the server at {url} exited before it was ready")
+        try:
+            response = requests.get(url + "/readyz", timeout=min(probe_timeout_s, max(0.1, deadline - time.monotonic())))
+            if response.status_code == 200:
+                return
+            last = f"HTTP {response.status_code}"
+        except requests.RequestException as exc:
+            last = type(exc).__name__
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} not ready after {deadline_s:.0f} s (last: {last})")
+
+
 class LiveServer:
     """A real server process on a free loopback port: `python flask_server.py` (launcher "flask_server"), or a plain
-    `gunicorn` started in the project folder, which reads gunicorn.conf.py by itself (launcher "gunicorn")."""
+    `gunicorn` started in the project folder, which reads gunicorn.conf.py by itself (launcher "gunicorn").
+
+    The server runs in its own process group, so `stop()` reaches the master and every worker even when the master
+    is gone; every instance is remembered until stopped, so the session can fail if one is left running
+    (conftest.py's pytest_sessionfinish)."""
 
     def __init__(self, model: Path, tmp: Path, extra_env: dict[str, str] | None = None, threads: int = 32,
                  workers: int = 0, launcher: str = "flask_server") -> None:
@@ -77,33 +107,60 @@ class LiveServer:
         else:
             raise ValueError(f"unknown launcher {launcher!r}")
         self._log = open(self.log_path, "w")
-        self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)  # its own process group: see stop()
+        _started_servers.add(self)
 
-    def wait_ready(self, timeout: float = 120.0) -> "LiveServer":
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{self.log()}")
-            try:
-                if requests.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return self
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"server not ready after {timeout}s:\n{self.log()}")
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> "LiveServer":
+        """Ready, or stopped and an error with the server's log: a failed start never leaves processes behind."""
+        try:
+            wait_until_ready(self.url, timeout, alive=lambda: self.process.poll() is None)
+        except Exception as exc:
+            self.stop()
+            raise RuntimeError(f"{exc}; server log:\n{self.log()[-6000:]}") from None
+        return self
 
     def log(self) -> str:
         if not self._log.closed:
             self._log.flush()
         return self.log_path.read_text()
 
-    def stop(self, timeout: float = 30.0) -> int:
+    def running(self) -> bool:
+        """True while any process of this server's group (master or a worker) is alive."""
+        return self.process.poll() is None or _group_has_live_members(self.process.pid)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM the master (in-flight requests finish), then SIGKILL the whole group if anything is left."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout)
-            except Exception:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)  # workers orphaned by a dead master, or a master that hung
+        except (ProcessLookupError, PermissionError):
+            pass
+        if self.process.poll() is None:
+            self.process.wait()
+        if not self._log.closed:
+            self._log.close()
+        _started_servers.discard(self)
         return self.process.returncode
+
+
+def _group_has_live_members(pgid: int) -> bool:
+    """Any non-zombie process in group `pgid` (Linux /proc)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def leftover_servers() -> list[LiveServer]:
+    """Servers started by this test session and still running: each one is a leak."""
+    return [server for server in list(_started_servers) if server.running()]

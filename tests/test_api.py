@@ -121,10 +121,31 @@ def test_bad_requests_get_json_errors_and_the_server_keeps_serving(client, leaf_
     assert client.post("/predict", data=files((leaf_bytes, "ok.jpg"))).status_code == 200
 
 
-def test_one_bad_file_fails_the_request_and_names_it(client, leaf_bytes):
-    body = assert_error(client.post("/predict", data=files((leaf_bytes, "good.jpg"), (b"junk", "bad.bin"))), 415,
-                        "not_an_image")
-    assert "bad.bin" in body["error"]["message"]
+def test_a_bad_file_among_good_ones_gets_an_error_in_its_place(client, leaf_bytes):
+    """A leaf plus a text file renamed .jpg: the leaf is answered, the text file gets its own error object."""
+    half = _truncated(leaf_bytes)
+    response = client.post("/predict", data=files((leaf_bytes, "good.jpg"), (b"just some text", "notes.jpg"),
+                                                  (half, "half.jpg"), (leaf_bytes, "good2.jpg")))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    predictions = response.get_json()["predictions"]
+    assert [p["filename"] for p in predictions] == ["good.jpg", "notes.jpg", "half.jpg", "good2.jpg"]
+    good, text, truncated, good2 = predictions
+    assert "class_name" in good and "class_name" in good2 and "error" not in good
+    assert good["batch_size"] == good2["batch_size"] == 2  # only the usable images went through the model
+    assert set(text) == {"filename", "error"} and text["error"]["code"] == "not_an_image" and text["error"]["message"]
+    assert set(truncated) == {"filename", "error"} and truncated["error"]["code"] == "truncated_image"
+
+
+def test_a_single_bad_file_keeps_its_own_status(client):
+    body = assert_error(client.post("/predict", data=files((b"junk", "bad.bin"))), 415, "not_an_image")
+    assert body["error"]["message"].startswith("bad.bin: ")
+
+
+def test_when_no_file_is_usable_the_first_ones_error_names_them_all(client, leaf_bytes):
+    body = assert_error(client.post("/predict", data=files((b"junk", "a.txt"), (_truncated(leaf_bytes), "b.jpg"))),
+                        415, "not_an_image")
+    assert "none of the 2 images" in body["error"]["message"]
+    assert "a.txt: " in body["error"]["message"] and "b.jpg: " in body["error"]["message"]
 
 
 def test_body_over_the_limit_is_413(make_app, leaf_bytes):
@@ -293,6 +314,16 @@ def test_openapi_lists_exactly_the_served_routes(app, client):
     assert served == documented
     for error_status in ("400", "413", "415", "429", "504"):
         assert error_status in spec["paths"]["/predict"]["post"]["responses"]
+
+
+def test_feedback_store_is_created_on_first_use_only(app, client, leaf_bytes):
+    """Runtime data stays out of the project: starting and predicting writes no feedback folder or database."""
+    folder = app.extensions["tomato"].feedback.folder
+    client.post("/predict", data={"file": (io.BytesIO(leaf_bytes), "leaf.jpg")})
+    assert not folder.exists()
+    response = client.post("/feedback", data={"file": (io.BytesIO(leaf_bytes), "leaf.jpg"), "correct_class": "healthy"})
+    assert response.status_code == 201
+    assert (folder / "feedback.sqlite3").is_file() and len(list((folder / "images").iterdir())) == 1
 
 
 def test_feedback_is_stored(app, client, leaf_bytes):
