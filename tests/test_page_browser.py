@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
-from support import ROOT, class_of, free_port
+from support import NOT_LEAF_SAMPLES, ROOT, class_of, free_port
 
 from model.data import DISPLAY_NAMES
 
@@ -172,3 +172,13 @@ def test_upload_a_leaf_in_a_real_browser(page, browser):
     wait.until(lambda d: d.execute_script(
         "const r = document.getElementById('results')?.getBoundingClientRect();"
         " return !!r && r.top >= -5 && r.top < window.innerHeight / 2;"))
+
+    # a photo that is not a tomato leaf, through the same file input: the page says so instead of naming a disease
+    not_a_leaf = NOT_LEAF_SAMPLES[0]
+    file_input = browser.find_element(By.CSS_SELECTOR, "input[type=file]")
+    file_input.send_keys(str(not_a_leaf))
+    wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "[data-testid=stFileUploader]"), not_a_leaf.name))
+    browser.find_element(By.XPATH, "//button[@kind='primaryFormSubmit' or .//p[normalize-space()='Check leaves']]").click()
+    wait.until(lambda d: "This doesn't look like a tomato leaf" in [h.text.strip() for h in d.find_elements(By.TAG_NAME, "h3")])
+    body = browser.find_element(By.TAG_NAME, "body").text
+    assert "One leaf per photo" in body and "Traceback" not in body

@@ -2,8 +2,8 @@
 
 The tiny random-weight model (fast, ~0.1 probabilities) covers the page's mechanics and "Not sure"; the shipped model
 covers "the page names the right condition". Failure states come from real servers configured to fail (tight
-limits, a model that cannot load, a socket that never answers, a closed port). The per-photo verdicts of model 2.0
-(issue 14) come from a small forwarding server in front of the real tiny API that adds them, until that model ships.
+limits, a model that cannot load, a socket that never answers, a closed port). The three verdicts come from the
+shipped model itself (a sample leaf, the same leaf in grey, an everyday photo).
 """
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import json
 import re
 import socket
 import sqlite3
-import threading
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import pytest
 import requests
 from PIL import Image
 from streamlit.testing.v1 import AppTest
-from support import CLASS_NAMES, LiveServer, class_of, encode, free_port, sample_files
+from support import CLASS_NAMES, NOT_LEAF_SAMPLES, LiveServer, class_of, encode, free_port, sample_files
 
 import streamlit
 from model.data import DISPLAY_NAMES
@@ -302,56 +301,20 @@ def test_seven_phone_photos_are_shrunk_and_checked_in_one_request(monkeypatch, t
 # ---------------------------------------------------------------- verdicts (issue 14)
 
 
-class VerdictServer:
-    """A real HTTP server in front of the real tiny API that adds the per-photo verdict model 2.0 gives: each
-    prediction is forwarded as the API made it, with "verdict", "leaf_score" and "verdict_reason" set from the file
-    name ("...-diagnosed.jpg", "...-uncertain.jpg", "...-not_tomato_leaf.jpg"). It stands in until model 2.0 ships."""
-
-    REASONS = {"diagnosed": None, "uncertain": "classes_close", "not_tomato_leaf": "dark"}
-
-    def __init__(self, api_url: str) -> None:
-        from werkzeug.serving import make_server
-
-        self.api_url = api_url
-        self.server = make_server("127.0.0.1", 0, self.wsgi, threaded=True)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def wsgi(self, environ, start_response):
-        from werkzeug.wrappers import Request, Response
-
-        request = Request(environ)
-        upstream = requests.request(request.method, self.api_url + request.full_path.rstrip("?"),
-                                    data=request.get_data(), headers={"Content-Type": request.content_type or ""},
-                                    timeout=60)
-        body = upstream.content
-        if request.path == "/predict" and upstream.ok:
-            answer = upstream.json()
-            for item in answer["predictions"]:
-                verdict = item["filename"].rsplit("-", 1)[-1].split(".")[0]
-                item.update(verdict=verdict, leaf_score=0.05 if verdict == "not_tomato_leaf" else 0.97,
-                            verdict_reason=self.REASONS[verdict])
-            body = json.dumps(answer).encode()
-        return Response(body, upstream.status_code, content_type=upstream.headers.get("Content-Type"))(
-            environ, start_response)
-
-    def __enter__(self) -> "VerdictServer":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.thread.join()
+def _greyscale(path: Path) -> bytes:
+    buffer = io.BytesIO()
+    Image.open(path).convert("L").convert("RGB").save(buffer, "JPEG", quality=95)
+    return buffer.getvalue()
 
 
-def test_the_three_verdicts_each_get_their_own_display(monkeypatch, tiny_server):
-    leaf = sample("Late_blight_1").read_bytes()
-    with VerdictServer(tiny_server.url) as server:
-        at = open_page(monkeypatch, server.url)
-        upload(at, [(f"a-{v}.jpg", leaf, "image/jpeg") for v in ("diagnosed", "uncertain", "not_tomato_leaf")])
+def test_the_three_verdicts_each_get_their_own_display(monkeypatch, shipped_server):
+    """The shipped model's own verdicts: a sample leaf is diagnosed, the same leaf in grey is not sure, an everyday
+    photo is not a tomato leaf; each gets its own display."""
+    leaf = sample("Late_blight_1")
+    at = open_page(monkeypatch, shipped_server.url)
+    upload(at, [as_upload(leaf), ("grey.jpg", _greyscale(leaf), "image/jpeg"), as_upload(NOT_LEAF_SAMPLES[0])])
     diagnosed, uncertain, not_a_leaf = results(at)
-    # the API's verdict decides, not the probability: the tiny model's ~0.1 guess is shown as a diagnosis here
-    assert diagnosed in DISPLAY_NAMES.values()
+    assert diagnosed == DISPLAY_NAMES["Late_blight"]
     assert (uncertain, not_a_leaf) == (NOT_SURE, NOT_A_LEAF)
     markdown = values(at.main.markdown)
     assert sum(ADVICE in m for m in markdown) == 1  # treatment advice for the diagnosis only
@@ -359,7 +322,7 @@ def test_the_three_verdicts_each_get_their_own_display(monkeypatch, tiny_server)
     tips = [m for m in markdown if "The checker only knows tomato leaves" in m]
     assert len(tips) == 1 and all(t in tips[0] for t in ("One leaf per photo", "fill most of the frame", "daylight"))
     captions = values(at.main.caption)
-    assert "The photo is too dark." in captions and "Two conditions look alike in this photo." in captions
+    assert "The photo has no colour; the model needs a colour photo." in captions
     assert len(at.main.progress) == 1  # a confidence bar only where there is a diagnosis
 
 
@@ -387,8 +350,7 @@ def test_feedback_is_stored_by_the_api(monkeypatch, tiny_bundle_path, start_serv
 
 
 def test_feedback_offers_not_a_tomato_leaf(monkeypatch, tiny_bundle_path, start_server, tmp_path):
-    """The choice sends correct_class=not_tomato_leaf. Until the API accepts it (the lead's /feedback change), the
-    API's refusal quotes the value it received; after, the row stores it. Either way the page sent exactly that."""
+    """The choice sends correct_class=not_tomato_leaf, and the API stores it."""
     server = start_server(tiny_bundle_path)
     at = open_page(monkeypatch, server.url)
     at.button(key="sample-healthy_1").click().run()
@@ -397,11 +359,9 @@ def test_feedback_offers_not_a_tomato_leaf(monkeypatch, tiny_bundle_path, start_
     select.set_value("not_tomato_leaf")
     at.button(key="send-r1-0").click().run()
     assert_no_page_failure(at)
-    if any("correction stored" in s for s in values(at.main.success)):
-        with sqlite3.connect(tmp_path / "feedback" / "feedback.sqlite3") as db:
-            assert db.execute("SELECT correct FROM feedback").fetchall() == [("not_tomato_leaf",)]
-    else:
-        assert "got 'not_tomato_leaf'" in error_text(at), error_text(at)
+    assert any("correction stored" in s for s in values(at.main.success)), error_text(at)
+    with sqlite3.connect(tmp_path / "feedback" / "feedback.sqlite3") as db:
+        assert db.execute("SELECT correct FROM feedback").fetchall() == [("not_tomato_leaf",)]
 
 
 def test_feedback_failure_is_reported(monkeypatch, tiny_bundle_path, start_server):
