@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 API_PORT ?= 5000
 PAGE_PORT ?= 8501
 
-.PHONY: install bench-deps browser run api page test smoke bench card clean
+.PHONY: install bench-deps browser proxy run api page test smoke bench card clean
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -23,6 +23,10 @@ browser:  ## Debian's Chromium + ChromeDriver for the page's end-to-end test
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null)
 
+proxy:  ## Debian's nginx for the reverse-proxy tests (deploy/nginx.conf: slow clients, JSON refusals)
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null)
+
 api: install
 	$(PY) flask_server.py --port $(API_PORT)
 
@@ -34,7 +38,7 @@ run: install  ## API on :5000 and the page on :8501; Ctrl-C stops both
 	$(PY) flask_server.py --port $(API_PORT) & \
 	TOMATO_API_URL=http://127.0.0.1:$(API_PORT) $(VENV)/bin/streamlit run streamlit.py --server.port $(PAGE_PORT) --server.headless true
 
-test: install bench-deps browser
+test: install bench-deps browser proxy
 	$(VENV)/bin/pytest
 
 bench: bench-deps  ## the full side-by-side benchmark (about 25 minutes; run it on a quiet machine)
