@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import hmac
 import os
 import runpy
 import threading
@@ -24,6 +23,7 @@ from werkzeug.exceptions import HTTPException
 
 from inference import DEFAULT_BUNDLE_PATH, InvalidImage, MicroBatcher, ModelBundle, QueueFull, decode_image, load_bundle
 from inference.predict import preprocess
+from serving.auth import token_from_environment, token_matches, validate_token
 from serving.errors import IMAGE_ERROR_STATUS, ApiError
 from serving.feedback import FeedbackStore
 from serving.metrics import create_metrics
@@ -49,7 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "TORCH_THREADS": 0,  # intra-op threads for the forward (torch and ONNX Runtime); 0 = number of CPU cores
     "RUN_DIR": None,  # set by gunicorn's on_starting hook for several workers: shared readiness markers
     "WORKERS": 1,  # worker processes that must be warm before /readyz says 200
-    "API_TOKEN": None,  # when set, POST endpoints need "Authorization: Bearer <token>"
+    "API_TOKEN": None,  # when set, POST endpoints need "Authorization: Bearer <token>" (serving/auth.py)
     "FEEDBACK_DIR": "feedback",  # where /feedback stores images and feedback.sqlite3
     "LOAD_IN_BACKGROUND": False,  # True: start serving at once, /readyz says 503 until the model is warm
 }
@@ -118,12 +118,10 @@ def state() -> ServiceState:
 
 
 def check_token() -> None:
-    token = current_app.config.get("API_TOKEN")
-    if not token:
+    token = current_app.config["API_TOKEN"]
+    if token is None:
         return
-    header = request.headers.get("Authorization", "")
-    given = header[7:] if header.startswith("Bearer ") else request.headers.get("X-API-Token", "")
-    if not hmac.compare_digest(given.encode(), str(token).encode()):
+    if not token_matches(request.headers, token):
         raise ApiError(401, "unauthorized", "missing or wrong API token", {"WWW-Authenticate": "Bearer"})
 
 
@@ -293,8 +291,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.request_class = ApiRequest  # multipart uploads parsed by python-multipart (serving/multipart.py)
     app.config.from_mapping(DEFAULTS)
     app.config.from_prefixed_env("TOMATO")
+    app.config["API_TOKEN"] = token_from_environment()  # the raw string: no JSON parsing of secrets
     if test_config:
         app.config.from_mapping(test_config)
+    app.config["API_TOKEN"] = validate_token(app.config["API_TOKEN"])  # refuses "", "0", "false", ...
     app.json.sort_keys = False
     service = ServiceState(app)
     app.extensions["tomato"] = service

@@ -9,6 +9,7 @@ import os
 
 from inference.bundle import resolve_device
 from serving import workers as _workers
+from serving.auth import InvalidToken, token_from_environment
 
 wsgi_app = "flask_server:create_app()"
 bind = ["127.0.0.1:5000"]
@@ -26,6 +27,16 @@ loglevel = "info"
 control_socket_disable = True  # several servers may run side by side
 preload_app = False
 
-on_starting = _workers.on_starting
+
+def on_starting(arbiter) -> None:
+    """Master, before any fork: refuse a TOMATO_API_TOKEN that would not protect anything (serving/auth.py) with
+    one clear line instead of every worker failing to boot; then the shared run folder (serving/workers.py)."""
+    try:
+        token_from_environment()
+    except InvalidToken as exc:
+        raise SystemExit(f"refusing to start: {exc}") from None
+    _workers.on_starting(arbiter)
+
+
 child_exit = _workers.child_exit
 on_exit = _workers.on_exit
