@@ -26,6 +26,7 @@ from inference.predict import preprocess
 from serving.auth import token_from_environment, token_matches, validate_token
 from serving.errors import IMAGE_ERROR_STATUS, ApiError
 from serving.feedback import FeedbackStore
+from serving.http_errors import register as register_http_layer_errors
 from serving.metrics import create_metrics
 from serving.multipart import ApiRequest
 from serving.openapi import openapi_spec
@@ -299,6 +300,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     service = ServiceState(app)
     app.extensions["tomato"] = service
     register_error_handlers(app)
+    register_http_layer_errors(app)  # gunicorn's parser errors met while reading a body: 400
     register_metrics_hooks(app)
     register_routes(app)
     if app.config["LOAD_IN_BACKGROUND"]:

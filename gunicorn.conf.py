@@ -8,6 +8,7 @@ same server: one process per core by default, each loading its model after the f
 import os
 
 from inference.bundle import resolve_device
+from serving import http_errors
 from serving import workers as _workers
 from serving.auth import InvalidToken, token_from_environment
 
@@ -36,6 +37,11 @@ def on_starting(arbiter) -> None:
     except InvalidToken as exc:
         raise SystemExit(f"refusing to start: {exc}") from None
     _workers.on_starting(arbiter)
+
+
+def post_fork(arbiter, worker) -> None:
+    """Each worker: gunicorn's own 400/414/431 answers (requests it cannot parse) in JSON, like every other error."""
+    http_errors.install()
 
 
 child_exit = _workers.child_exit
