@@ -188,7 +188,8 @@ def register_routes(app: Flask) -> None:
 
     @app.get("/openapi.json")
     def openapi() -> Response:
-        return jsonify(openapi_spec())
+        bundle = state().bundle
+        return jsonify(openapi_spec(bundle.class_names if bundle else None, int(current_app.config["MAX_FILES"])))
 
     @app.post("/predict")
     def predict() -> Response:
