@@ -8,7 +8,7 @@ same server: one process per core by default, each loading its model after the f
 import os
 
 from inference.bundle import resolve_device
-from serving import http_errors
+from serving import http_errors, memory
 from serving import workers as _workers
 from serving.auth import InvalidToken, token_from_environment
 
@@ -39,9 +39,23 @@ def on_starting(arbiter) -> None:
     _workers.on_starting(arbiter)
 
 
+# Memory a big request took goes back to the system (serving/memory.py); TOMATO_MEMORY_GUARD=off to compare.
+MEMORY_GUARD = os.environ.get("TOMATO_MEMORY_GUARD", "on").lower() != "off"
+_memory_guard = memory.MemoryGuard()
+
+
 def post_fork(arbiter, worker) -> None:
-    """Each worker: gunicorn's own 400/414/431 answers (requests it cannot parse) in JSON, like every other error."""
+    """Each worker: gunicorn's own 400/414/431 answers (requests it cannot parse) in JSON, like every other error;
+    bounded malloc arenas and a fixed mmap threshold."""
     http_errors.install()
+    if MEMORY_GUARD:
+        memory.tune_malloc()
+
+
+def post_request(worker, req, environ, resp) -> None:
+    """After the answer is sent: trim malloc's free memory if this worker grew well above its level."""
+    if MEMORY_GUARD:
+        _memory_guard.after_request()
 
 
 child_exit = _workers.child_exit
