@@ -84,7 +84,7 @@ class LiveServer:
             try:
                 if requests.get(self.url + "/readyz", timeout=2).status_code == 200:
                     return self
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # a loaded machine can stall a probe past 2 s
                 pass
             time.sleep(0.2)
         raise TimeoutError(f"server not ready after {timeout}s:\n{self.log()}")
