@@ -7,7 +7,7 @@ BUNDLE := trained_model/tomato_leaf_lite0.pt
 # one stamp per shipped bundle (its sha256): a new bundle gets its ONNX graph exported again at install time
 ENGINE_STAMP := $(VENV)/.engine-$(shell sha256sum $(BUNDLE) 2>/dev/null | cut -c1-16)
 
-.PHONY: deps install engine bench-deps browser run api page test smoke bench card clean
+.PHONY: deps install engine bench-deps browser proxy run api page test smoke bench card clean
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -36,6 +36,10 @@ browser:  ## Debian's Chromium + ChromeDriver for the page's end-to-end test
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null)
 
+proxy:  ## Debian's nginx for the reverse-proxy tests (deploy/nginx.conf: slow clients, JSON refusals)
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null)
+
 api: install
 	$(PY) flask_server.py --port $(API_PORT)
 
@@ -45,7 +49,7 @@ page: deps  ## settings in .streamlit/config.toml
 run: install  ## API on :5000 and the page on :8501; one Ctrl-C stops both (run_all.py)
 	@$(PY) run_all.py --api-port $(API_PORT) --page-port $(PAGE_PORT)
 
-test: deps bench-deps browser  ## the tests export into their own temporary cache: no engine step
+test: deps bench-deps browser proxy  ## the tests export into their own temporary cache: no engine step
 	$(VENV)/bin/pytest
 
 bench: bench-deps  ## the full side-by-side benchmark (about 25 minutes; run it on a quiet machine)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import hmac
 import os
 import runpy
 import threading
@@ -25,8 +24,10 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from inference import DEFAULT_BUNDLE_PATH, InvalidImage, MicroBatcher, ModelBundle, QueueFull, decode_image, load_bundle
 from inference.predict import preprocess
 from model.verdict import NOT_A_TOMATO_LEAF
+from serving.auth import token_from_environment, token_matches, validate_token
 from serving.errors import IMAGE_ERROR_STATUS, ApiError
 from serving.feedback import FeedbackStore, FeedbackStoreFull
+from serving.http_errors import register as register_http_layer_errors
 from serving.metrics import create_metrics
 from serving.multipart import ApiRequest
 from serving.openapi import openapi_spec
@@ -50,7 +51,7 @@ DEFAULTS: dict[str, Any] = {
     "TORCH_THREADS": 0,  # intra-op threads for the forward (torch and ONNX Runtime); 0 = number of CPU cores
     "RUN_DIR": None,  # set by gunicorn's on_starting hook for several workers: shared readiness markers
     "WORKERS": 1,  # worker processes that must be warm before /readyz says 200
-    "API_TOKEN": None,  # when set, POST endpoints need "Authorization: Bearer <token>"
+    "API_TOKEN": None,  # when set, POST endpoints need "Authorization: Bearer <token>" (serving/auth.py)
     "FEEDBACK_DIR": "feedback",  # where /feedback stores images and feedback.sqlite3
     "FEEDBACK_MAX_ITEMS": 10_000,  # reports the store keeps; beyond it /feedback answers 507
     "FEEDBACK_MAX_BYTES": 1 << 30,  # image bytes the store keeps (1 GiB); beyond it /feedback answers 507
@@ -124,12 +125,10 @@ def state() -> ServiceState:
 
 
 def check_token() -> None:
-    token = current_app.config.get("API_TOKEN")
-    if not token:
+    token = current_app.config["API_TOKEN"]
+    if token is None:
         return
-    header = request.headers.get("Authorization", "")
-    given = header[7:] if header.startswith("Bearer ") else request.headers.get("X-API-Token", "")
-    if not hmac.compare_digest(given.encode(), str(token).encode()):
+    if not token_matches(request.headers, token):
         raise ApiError(401, "unauthorized", "missing or wrong API token", {"WWW-Authenticate": "Bearer"})
 
 
@@ -211,7 +210,8 @@ def register_routes(app: Flask) -> None:
 
     @app.get("/openapi.json")
     def openapi() -> Response:
-        return jsonify(openapi_spec())
+        bundle = state().bundle
+        return jsonify(openapi_spec(bundle.class_names if bundle else None, int(current_app.config["MAX_FILES"])))
 
     @app.post("/predict")
     def predict() -> Response:
@@ -332,12 +332,15 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.request_class = ApiRequest  # multipart uploads parsed by python-multipart (serving/multipart.py)
     app.config.from_mapping(DEFAULTS)
     app.config.from_prefixed_env("TOMATO")
+    app.config["API_TOKEN"] = token_from_environment()  # the raw string: no JSON parsing of secrets
     if test_config:
         app.config.from_mapping(test_config)
+    app.config["API_TOKEN"] = validate_token(app.config["API_TOKEN"])  # refuses "", "0", "false", ...
     app.json.sort_keys = False
     service = ServiceState(app)
     app.extensions["tomato"] = service
     register_error_handlers(app)
+    register_http_layer_errors(app)  # gunicorn's parser errors met while reading a body: 400
     register_metrics_hooks(app)
     register_routes(app)
     if app.config["LOAD_IN_BACKGROUND"]:

@@ -8,7 +8,9 @@ same server: one process per core by default, each loading its model after the f
 import os
 
 from inference.bundle import resolve_device
+from serving import http_errors, memory
 from serving import workers as _workers
+from serving.auth import InvalidToken, token_from_environment
 
 wsgi_app = "flask_server:create_app()"
 bind = ["127.0.0.1:5000"]
@@ -26,6 +28,35 @@ loglevel = "info"
 control_socket_disable = True  # several servers may run side by side
 preload_app = False
 
-on_starting = _workers.on_starting
+
+def on_starting(arbiter) -> None:
+    """Master, before any fork: refuse a TOMATO_API_TOKEN that would not protect anything (serving/auth.py) with
+    one clear line instead of every worker failing to boot; then the shared run folder (serving/workers.py)."""
+    try:
+        token_from_environment()
+    except InvalidToken as exc:
+        raise SystemExit(f"refusing to start: {exc}") from None
+    _workers.on_starting(arbiter)
+
+
+# Memory a big request took goes back to the system (serving/memory.py); TOMATO_MEMORY_GUARD=off to compare.
+MEMORY_GUARD = os.environ.get("TOMATO_MEMORY_GUARD", "on").lower() != "off"
+_memory_guard = memory.MemoryGuard()
+
+
+def post_fork(arbiter, worker) -> None:
+    """Each worker: gunicorn's own 400/414/431 answers (requests it cannot parse) in JSON, like every other error;
+    bounded malloc arenas and a fixed mmap threshold."""
+    http_errors.install()
+    if MEMORY_GUARD:
+        memory.tune_malloc()
+
+
+def post_request(worker, req, environ, resp) -> None:
+    """After the answer is sent: trim malloc's free memory if this worker grew well above its level."""
+    if MEMORY_GUARD:
+        _memory_guard.after_request()
+
+
 child_exit = _workers.child_exit
 on_exit = _workers.on_exit

@@ -1,9 +1,14 @@
-"""OpenAPI 3 description of the API; tests check it lists exactly the routes the app serves."""
+"""OpenAPI 3 description of the API, as strict as the server: what the spec calls valid, the server accepts.
+
+Tests check it lists exactly the routes the app serves, and schemathesis (tests/test_openapi_fuzz.py) sends it
+schema-valid and schema-invalid requests against a live server. The limits that depend on the model or the
+configuration (class names, top_k's maximum, images per request) come from the running server.
+"""
 from __future__ import annotations
 
 from typing import Any
 
-from model.verdict import REASONS, VERDICTS
+from model.verdict import NOT_A_TOMATO_LEAF, REASONS, VERDICTS
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -16,7 +21,8 @@ def _json(description: str, schema: dict[str, Any] | None = None) -> dict[str, A
     return {"description": description, "content": {"application/json": {"schema": schema or {"type": "object"}}}}
 
 
-def openapi_spec() -> dict[str, Any]:
+def openapi_spec(class_names: list[str] | None = None, max_files: int = 16) -> dict[str, Any]:
+    """`class_names`: the loaded model's classes (None while it loads: the class fields are then plain strings)."""
     score = {
         "type": "object",
         "properties": {"class_name": {"type": "string"}, "display_name": {"type": "string"},
@@ -46,27 +52,47 @@ def openapi_spec() -> dict[str, Any]:
         "required": ["class_name", "display_name", "probability", "top_k", "probabilities", "verdict", "leaf_score",
                      "verdict_reason", "timing_ms"],
     }
+    # Every image is a non-empty string of bytes; whether they decode is the server's answer (400/413/415).
+    image_bytes = {"type": "string", "format": "binary", "minLength": 1}
+    image_b64 = {"type": "string", "format": "byte", "minLength": 4, "description": "base64, or a data: URL"}
+    # a correction may also say the photo is not a tomato leaf at all
+    corrections = [*class_names, NOT_A_TOMATO_LEAF] if class_names else None
+    class_name: dict[str, Any] = {"type": "string", "enum": corrections} if corrections else {"type": "string"}
+    optional_class = ({"type": "string", "enum": [*corrections, ""], "description": "empty = not given"}
+                      if corrections else {"type": "string"})
     predict_body = {
         "multipart/form-data": {
-            "schema": {"type": "object", "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+            "schema": {"type": "object",
+                       "properties": {"file": {"type": "array", "items": image_bytes, "minItems": 1,
+                                               "maxItems": max_files}},
                        "required": ["file"]},
         },
-        "image/*": {"schema": {"type": "string", "format": "binary"}},
+        "image/*": {"schema": image_bytes},
         "application/json": {
-            "schema": {"type": "object", "properties": {"image": {"type": "string", "format": "byte"},
-                                                        "images": {"type": "array", "items": {"type": "string", "format": "byte"}}}},
+            "schema": {
+                "type": "object",
+                "description": 'one image, or a list of them; with both keys, "image" is used and "images" ignored',
+                "anyOf": [
+                    {"properties": {"image": image_b64}, "required": ["image"]},
+                    {"properties": {"images": {"type": "array", "items": image_b64, "minItems": 1,
+                                               "maxItems": max_files}},
+                     "required": ["images"], "not": {"required": ["image"]}},
+                ],
+            },
         },
     }
     feedback_body = {
         "multipart/form-data": {
             "schema": {
                 "type": "object",
-                "properties": {"file": {"type": "string", "format": "binary"}, "correct_class": {"type": "string"},
-                               "predicted_class": {"type": "string"}, "comment": {"type": "string"}},
+                "properties": {"file": image_bytes, "correct_class": class_name, "predicted_class": optional_class,
+                               # no type: a form field is text whatever it looks like ("true", "{}"), and any is kept
+                               "comment": {"description": "free text, kept up to 2,000 characters"}},
                 "required": ["file", "correct_class"],
             }
         }
     }
+    top_k = {"type": "integer", "minimum": 1, **({"maximum": len(class_names)} if class_names else {})}
     return {
         "openapi": "3.0.3",
         "info": {"title": "Tomato-leaf disease classifier", "version": "1.0.0",
@@ -85,7 +111,8 @@ def openapi_spec() -> dict[str, Any]:
                     "required": ["filename", "error"],
                 },
             },
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
+                                "apiToken": {"type": "apiKey", "in": "header", "name": "X-API-Token"}},
         },
         "paths": {
             "/": {"get": {"summary": "Usage message", "responses": {"200": _json("usage")}}},
@@ -99,9 +126,9 @@ def openapi_spec() -> dict[str, Any]:
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json("OpenAPI 3 document")}}},
             "/predict": {"post": {
                 "summary": "Classify one or several leaf photos (one batched forward)",
-                "parameters": [{"name": "top_k", "in": "query", "schema": {"type": "integer", "minimum": 1}}],
+                "parameters": [{"name": "top_k", "in": "query", "schema": top_k}],
                 "requestBody": {"required": True, "content": predict_body},
-                "security": [{}, {"bearer": []}],
+                "security": [{}, {"bearer": []}, {"apiToken": []}],  # only when TOMATO_API_TOKEN is set
                 "responses": {
                     "200": _json("one entry per image, in upload order: a Prediction, or an ImageError for a file that "
                                  "could not be used (200 when at least one image was answered; when none could be, "
@@ -118,7 +145,7 @@ def openapi_spec() -> dict[str, Any]:
             "/feedback": {"post": {
                 "summary": "Report a wrong prediction (stored with the image)",
                 "requestBody": {"required": True, "content": feedback_body},
-                "security": [{}, {"bearer": []}],
+                "security": [{}, {"bearer": []}, {"apiToken": []}],  # only when TOMATO_API_TOKEN is set
                 "responses": {"201": _json("stored", {"type": "object", "properties": {"id": {"type": "string"},
                                                                                     "stored": {"type": "boolean"}}}),
                               **_errors(400, 401, 413, 415, 503, 507)},

@@ -1,0 +1,89 @@
+"""Give back the memory a big request took, so one bad upload does not leave a worker gigabytes larger for good.
+
+Why it stayed (BENCHMARKS.md, hostile round): glibc's malloc gives the request threads their own arenas (up to 8
+per core) and, once a big buffer has been freed, raises its mmap threshold (up to 32 MiB), so later big buffers
+(decoded images, resize scratch) come from those arenas too. When freed, that memory stays mapped inside the
+arenas: a worker that had served a few heavy inputs kept gigabytes it no longer used.
+
+What each worker does (gunicorn hooks in gunicorn.conf.py):
+* after the fork, `tune_malloc()`: at most ARENA_MAX arenas, and a fixed mmap threshold, so buffers above it are
+  their own mappings and go back to the system the moment they are freed;
+* after each request, `MemoryGuard.after_request()`: when resident memory is more than TRIM_SLACK above the
+  lowest seen, `malloc_trim(0)` hands the free pages inside the arenas back (at most once a second, in the
+  request thread after its answer was sent).
+Nothing here runs outside glibc (other C libraries: both are no-ops).
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+import threading
+import time
+
+M_TRIM_THRESHOLD = -1  # mallopt parameters (glibc malloc.h)
+M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
+
+ARENA_MAX = 2
+MMAP_THRESHOLD = 1 << 20  # 1 MiB: a decoded 256-px image is 192 KB; a 12-MP one 36 MB
+TRIM_SLACK = 256 << 20
+TRIM_INTERVAL_S = 1.0
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _glibc() -> ctypes.CDLL | None:
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def tune_malloc(arena_max: int = ARENA_MAX, mmap_threshold: int = MMAP_THRESHOLD) -> bool:
+    """Bound the arenas and fix the mmap threshold in this process; False when not on glibc."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    return bool(libc.mallopt(M_ARENA_MAX, arena_max)) and bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold))
+
+
+def resident_bytes() -> int:
+    """This process's resident set size (Linux /proc/self/statm), 0 where unavailable."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+class MemoryGuard:
+    """Trims malloc's free memory when resident memory has grown TRIM_SLACK above the level after the last trim
+    (or the lowest seen since): what a trim cannot give back is in use, and becomes the new level."""
+
+    def __init__(self, slack: int = TRIM_SLACK, interval_s: float = TRIM_INTERVAL_S) -> None:
+        self.libc = _glibc()
+        self.slack, self.interval_s = slack, interval_s
+        self.floor = 0
+        self.trims = 0
+        self._last = 0.0
+        self._lock = threading.Lock()
+
+    def after_request(self) -> None:
+        if self.libc is None:
+            return
+        rss = resident_bytes()
+        if not self.floor or rss < self.floor:
+            self.floor = rss
+            return
+        if rss - self.floor < self.slack or time.monotonic() - self._last < self.interval_s:
+            return
+        if not self._lock.acquire(blocking=False):  # another thread is trimming
+            return
+        try:
+            self.libc.malloc_trim(0)
+            self.trims += 1
+            self._last = time.monotonic()
+            self.floor = resident_bytes() or self.floor
+        finally:
+            self._lock.release()
