@@ -74,7 +74,7 @@ def forward(bundle: ModelBundle, batch: torch.Tensor) -> Scores:
     with torch.inference_mode():
         outputs = outputs.float().cpu()
         probabilities = torch.softmax(outputs[:, : len(bundle.class_names)] / bundle.temperature, dim=1)
-        return Scores(probabilities, leaf_scores(bundle.verdict_rule, outputs, probabilities),
+        return Scores(probabilities, leaf_scores(bundle.verdict_rule, outputs, len(bundle.class_names), probabilities),
                       image_statistics(batch.cpu(), bundle.preprocess.mean, bundle.preprocess.std))
 
 

@@ -22,7 +22,8 @@ def pct(x: float) -> str:
     return f"{100 * x:.2f} %"
 
 
-TRAIN_ARGS_SHOWN = ("image_size", "epochs", "batch_size", "lr", "warmup_epochs", "seed", "init_from")
+TRAIN_ARGS_SHOWN = ("image_size", "epochs", "batch_size", "lr", "warmup_epochs", "seed", "init_from", "negatives",
+                    "freeze_blocks", "limit", "negative_repeats")
 
 
 def comparison_table(candidates: dict[str, dict]) -> str:

@@ -7,7 +7,9 @@
    not-a-tomato-leaf images (validation images of the training kinds, and the held-out kinds), and synthetic
    test kinds that training never made.
 2. Chooses the thresholds of `model.verdict.VerdictRule` on the tomato VALIDATION photos only (quantiles, below),
-   so that the rule keeps at least 99 % of real tomato photos "diagnosed"; `--store` writes them into the bundle.
+   so that the rule keeps about 99 % of real tomato photos "diagnosed"; the leaf score is the energy of the disease
+   logits (logsumexp) through a logistic map fitted on tomato validation photos against validation images of the
+   negative kinds seen in training. `--store` writes the rule into the bundle.
 3. Compares out-of-distribution scores on the same data (AUROC, false-accept rate at 99 % tomato recall, per held-out
    kind): the leaf head, the maximum softmax probability, the energy score and a Mahalanobis distance on the
    1,280-d features, for this bundle and for `--baseline` (a 1.x bundle without a leaf head).
@@ -27,7 +29,7 @@ from model.bundle import network_from_bundle, read_bundle
 from model.data import load_images, read_split
 from model.negatives import SIDE, TEST_SYNTHETIC, Negative, load_negative_images, synthetic_negatives
 from model.transforms import PreprocessConfig, build_transform
-from model.verdict import VerdictRule, decide, image_statistics
+from model.verdict import VerdictRule, decide, image_statistics, leaf_scores
 
 # Quantiles of the tomato validation photos that set each threshold (documented in the model card).
 LEAF_REJECT_QUANTILE = 0.003  # at most 0.3 % of validation leaves are called "not a tomato leaf"
@@ -74,6 +76,11 @@ class Scorer:
     def probabilities(self, scored: Scored) -> torch.Tensor:
         return torch.softmax(scored.logits / self.temperature, dim=1)
 
+    def leaf_score(self, scored: Scored, rule: VerdictRule) -> torch.Tensor:
+        """The served leaf score (model.verdict.leaf_scores) of every image."""
+        outputs = scored.logits if scored.leaf_logit is None else torch.cat([scored.logits, scored.leaf_logit[:, None]], 1)
+        return leaf_scores(rule, outputs, self.classes, self.probabilities(scored))
+
 
 class Mahalanobis:
     """Class means and one shared covariance of the features of tomato training photos (Lee et al. 2018)."""
@@ -111,16 +118,48 @@ def quantile(values: torch.Tensor, q: float) -> float:
     return float(torch.quantile(values.double(), q))
 
 
-def choose_rule(leaf_val: torch.Tensor, top_val: torch.Tensor, stats_val: torch.Tensor, command: str) -> VerdictRule:
-    low = [QUALITY_FACTOR * quantile(stats_val[:, i], QUALITY_QUANTILE) for i in range(3)]
+def fit_energy_map(tomato: torch.Tensor, other: torch.Tensor) -> tuple[float, float]:
+    """(scale, shift) of sigmoid(scale * energy + shift): a logistic fit of "tomato photo" on the energy, the two
+    classes weighted equally, so the leaf score reads as a probability-like number (near 1 for the photos the model
+    knows) instead of an unbounded energy. The map is monotone: which images are rejected depends only on the
+    thresholds, chosen afterwards on tomato validation photos."""
+    x = torch.cat([tomato, other]).double()
+    mean, std = x.mean(), x.std()
+    y = torch.cat([torch.ones(len(tomato)), torch.zeros(len(other))]).double()
+    weight = torch.cat([torch.full((len(tomato),), 0.5 / len(tomato)), torch.full((len(other),), 0.5 / len(other))]).double()
+    params = torch.zeros(2, dtype=torch.double, requires_grad=True)
+    optimizer = torch.optim.LBFGS([params], lr=0.5, max_iter=200)
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        z = params[0] * (x - mean) / std + params[1]
+        loss = (weight * torch.nn.functional.binary_cross_entropy_with_logits(z, y, reduction="none")).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    scale = float(params[0] / std)
+    return scale, float(params[1] - scale * mean)
+
+
+def choose_rule(scorer: "Scorer", val: Scored, seen_negatives: Scored, command: str) -> VerdictRule:
+    """Thresholds from the tomato validation photos; the energy map from them and the validation negatives."""
+    scale, shift = fit_energy_map(energy(val), energy(seen_negatives))
+    base = VerdictRule(leaf_source="energy", energy_scale=scale, energy_shift=shift)
+    leaf_val = scorer.leaf_score(val, base)
+    low = [QUALITY_FACTOR * quantile(val.statistics[:, i], QUALITY_QUANTILE) for i in range(3)]
     return VerdictRule(
-        leaf_source="leaf_head",
+        leaf_source="energy", energy_scale=scale, energy_shift=shift,
         leaf_reject=quantile(leaf_val, LEAF_REJECT_QUANTILE),
         leaf_accept=quantile(leaf_val, LEAF_ACCEPT_QUANTILE),
-        min_probability=quantile(top_val, PROBABILITY_QUANTILE),
+        min_probability=quantile(scorer.probabilities(val).max(1).values, PROBABILITY_QUANTILE),
         min_saturation=low[0], min_brightness=low[1], min_sharpness=low[2],
         chosen_by=command,
     )
+
+
+def energy(scored: Scored) -> torch.Tensor:
+    return torch.logsumexp(scored.logits, dim=1)
 
 
 def verdicts(rule: VerdictRule, leaf: torch.Tensor, top: torch.Tensor, stats: torch.Tensor) -> list[str]:
@@ -249,13 +288,18 @@ def main(argv: list[str] | None = None) -> None:
     val, test = scorer(tomato["val"]), scorer(tomato["test"])
     if val.leaf_logit is None:
         raise SystemExit(f"{args.model} has no leaf head: train it with --negatives")
-    rule = choose_rule(torch.sigmoid(val.leaf_logit), scorer.probabilities(val).max(1).values, val.statistics, command)
+    seen = torch.cat([images for name, images in negatives.items() if name.startswith("seen")])
+    rule = choose_rule(scorer, val, scorer(seen), command)
+
+    def served_verdicts(scored: Scored) -> list[str]:
+        return verdicts(rule, scorer.leaf_score(scored, rule), scorer.probabilities(scored).max(1).values,
+                        scored.statistics)
 
     def verdict_shares(scored: Scored) -> dict[str, float]:
-        found = verdicts(rule, torch.sigmoid(scored.leaf_logit), scorer.probabilities(scored).max(1).values, scored.statistics)
+        found = served_verdicts(scored)
         return {v: found.count(v) / len(found) for v in ("diagnosed", "uncertain", "not_tomato_leaf")}
 
-    test_verdicts = verdicts(rule, torch.sigmoid(test.leaf_logit), scorer.probabilities(test).max(1).values, test.statistics)
+    test_verdicts = served_verdicts(test)
     labels = torch.tensor([classes.index(s.class_name) for s in samples if s.split == "test"])
     predicted = scorer.probabilities(test).argmax(1)
     diagnosed = torch.tensor([v == "diagnosed" for v in test_verdicts])

