@@ -167,14 +167,22 @@ def baseline(model: Path, tmp: Path, server: str = "gunicorn", threads: int = BA
 
 
 def export_torchscript(model: Path, out: Path) -> dict:
-    """Trace the bundle's network to TorchScript (`out`, a .pt) and return its preprocessing and labels."""
+    """Trace the bundle's network to TorchScript (`out`, a .pt) and return its preprocessing and labels. Only the
+    disease logits are traced (a 2.x network has one more output column, the leaf logit, that the stock handler
+    would take for an eleventh class)."""
     code = (
         "import json, sys, torch\n"
         "from inference import load_bundle\n"
         "b = load_bundle(sys.argv[1], device='cpu', warmup=False, backend='eager')\n"
-        "s = b.preprocess.image_size\n"
+        "s, c = b.preprocess.image_size, len(b.class_names)\n"
+        "class Diseases(torch.nn.Module):\n"
+        "    def __init__(self, net):\n"
+        "        super().__init__()\n"
+        "        self.net = net\n"
+        "    def forward(self, x):\n"
+        "        return self.net(x)[:, :c]\n"
         "with torch.no_grad():\n"
-        "    ts = torch.jit.trace(b.network.eval(), torch.zeros(1, 3, s, s).contiguous(memory_format=torch.channels_last))\n"
+        "    ts = torch.jit.trace(Diseases(b.network.eval()), torch.zeros(1, 3, s, s).contiguous(memory_format=torch.channels_last))\n"
         "ts.save(sys.argv[2])\n"
         "print(json.dumps({'preprocess': b.preprocess.to_dict(), 'class_names': b.class_names}))\n"
     )

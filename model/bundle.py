@@ -30,8 +30,11 @@ def save_bundle(
     provenance: dict[str, Any] | None = None,
     name: str = "tomato-leaf-efficientnet-lite0",
     version: str = "0.0.0-dev",
+    verdict_rule: dict[str, Any] | None = None,
 ) -> None:
-    """Write the bundle; float32 weights keep it near 13 MB for Lite0."""
+    """Write the bundle; float32 weights keep it near 13 MB for Lite0. `verdict_rule`: the reject option's
+    thresholds (model.verdict.VerdictRule.to_dict(), chosen by model.reject); without one a bundle is served with
+    the 1.x default rule."""
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
     torch.save(
@@ -47,6 +50,7 @@ def save_bundle(
             "temperature": float(temperature),
             "metrics": metrics or {},
             "provenance": provenance or {},
+            **({"verdict_rule": dict(verdict_rule)} if verdict_rule else {}),
         },
         path,
     )

@@ -63,8 +63,10 @@ def openapi_spec(class_names: list[str] | None = None, max_files: int = 16) -> d
     predict_body = {
         "multipart/form-data": {
             "schema": {"type": "object",
-                       "properties": {"file": {"type": "array", "items": image_bytes, "minItems": 1,
-                                               "maxItems": max_files}},
+                       "properties": {"file": {"type": "array", "minItems": 1, "maxItems": max_files,
+                                               # per-image results: an empty or unreadable file among others gets
+                                               # an error object in its place, so no length limit per item
+                                               "items": {"type": "string", "format": "binary"}}},
                        "required": ["file"]},
         },
         "image/*": {"schema": image_bytes},

@@ -39,6 +39,7 @@ from model.bundle import save_bundle
 from model.data import DISPLAY_NAMES
 from model.network import NetworkConfig, build_network
 from model.transforms import PreprocessConfig
+from model.verdict import VerdictRule
 
 
 @pytest.fixture(scope="session")
@@ -47,6 +48,21 @@ def tiny_bundle_path(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     network = build_network(NetworkConfig(num_classes=len(CLASS_NAMES))).eval()
     path = tmp_path_factory.mktemp("bundle") / "tiny.pt"
+    # A random network cannot tell a leaf from anything else: its rule diagnoses every image, so the API's and the
+    # page's mechanics can be tested on it. The verdicts themselves are tested on the shipped model.
+    diagnose_all = VerdictRule(leaf_source="top_probability", leaf_reject=0.0, leaf_accept=0.0, min_probability=0.0)
+    save_bundle(path, network, CLASS_NAMES, [DISPLAY_NAMES[c] for c in CLASS_NAMES],
+                PreprocessConfig(image_size=64, resize_size=64), temperature=1.5, name="tiny-test-model",
+                verdict_rule=diagnose_all.to_dict())
+    return path
+
+
+@pytest.fixture(scope="session")
+def legacy_tiny_bundle_path(tmp_path_factory) -> Path:
+    """The tiny network saved as a 1.x bundle (no leaf head, no verdict rule): served with the default rule."""
+    torch.manual_seed(0)
+    network = build_network(NetworkConfig(num_classes=len(CLASS_NAMES))).eval()
+    path = tmp_path_factory.mktemp("legacy-bundle") / "tiny-1x.pt"
     save_bundle(path, network, CLASS_NAMES, [DISPLAY_NAMES[c] for c in CLASS_NAMES],
                 PreprocessConfig(image_size=64, resize_size=64), temperature=1.5, name="tiny-test-model")
     return path

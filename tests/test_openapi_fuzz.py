@@ -56,6 +56,6 @@ def test_the_spec_states_the_servers_limits(make_app):
     assert [set(choice["required"]) for choice in
             predict["requestBody"]["content"]["application/json"]["schema"]["anyOf"]] == [{"image"}, {"images"}]
     feedback = spec["paths"]["/feedback"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
-    assert feedback["properties"]["correct_class"]["enum"] == CLASS_NAMES
-    assert feedback["properties"]["predicted_class"]["enum"] == [*CLASS_NAMES, ""]
+    assert feedback["properties"]["correct_class"]["enum"] == [*CLASS_NAMES, "not_tomato_leaf"]
+    assert feedback["properties"]["predicted_class"]["enum"] == [*CLASS_NAMES, "not_tomato_leaf", ""]
     assert set(spec["components"]["securitySchemes"]) == {"bearer", "apiToken"}

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 from serving.workers import RUN_DIR_PREFIX
-from support import ROOT, class_of, free_port, sample_files
+from support import NOT_LEAF_SAMPLES, ROOT, class_of, free_port, sample_files
 
 
 def post_file(url: str, path, timeout: float = 60) -> requests.Response:
@@ -35,7 +35,8 @@ def test_flask_test_script_passes_against_a_real_server(shipped_server):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PASS: 0 failure(s)" in result.stdout
-    assert result.stdout.count(" ok") == len(sample_files()) + 1
+    # every leaf diagnosed right, every non-leaf photo called not_tomato_leaf, the bad file refused
+    assert result.stdout.count(" ok") == len(sample_files()) + len(NOT_LEAF_SAMPLES) + 1
 
 
 def test_32_concurrent_requests_are_answered_correctly_and_batched(shipped_server):
