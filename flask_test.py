@@ -11,6 +11,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import requests
 
@@ -26,12 +27,16 @@ def expected_class(path: Path) -> str:
     return NOT_A_LEAF if path.parent == NOT_LEAF_SAMPLES else path.stem.rsplit("_", 1)[0]
 
 
-def wait_until_ready(url: str, timeout: float, probe_timeout: float = 10.0) -> None:
+def wait_until_ready(url: str, timeout: float, probe_timeout: float = 10.0,
+                     alive: Callable[[], bool] = lambda: True) -> None:
     """Poll /readyz until 200. A refused connection, a reset or a slow answer while the workers load all mean
-    "not yet" (a loaded machine can take seconds to answer); only the overall deadline ends the wait."""
+    "not yet" (a loaded machine can take seconds to answer); only the overall deadline (TimeoutError) or `alive()`
+    turning False (RuntimeError: the server process exited) ends the wait. The test suite waits with this too."""
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
+        if not alive():
+            raise RuntimeError(f"the server at {url} exited before it was ready")
         try:
             response = requests.get(f"{url}/readyz", timeout=min(probe_timeout, max(0.1, deadline - time.monotonic())))
             if response.status_code == 200:
@@ -39,9 +44,8 @@ def wait_until_ready(url: str, timeout: float, probe_timeout: float = 10.0) -> N
             last = f"HTTP {response.status_code}"
         except requests.RequestException as exc:
             last = type(exc).__name__
-        time.sleep(0.5)
-    raise SystemExit(f"FAIL: {url} is not ready after {timeout:.0f}s, last answer: {last} "
-                     "(is `python flask_server.py` running?)")
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} is not ready after {timeout:.0f} s (last answer: {last})")
 
 
 def check_sample(session: requests.Session, url: str, path: Path) -> tuple[bool, str, str, float, float]:
@@ -75,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait", type=float, default=300, help="seconds to wait for /readyz")
     args = parser.parse_args(argv)
     url = args.url.rstrip("/")
-    wait_until_ready(url, args.wait)
+    try:
+        wait_until_ready(url, args.wait)
+    except TimeoutError as exc:
+        raise SystemExit(f"FAIL: {exc} (is `python flask_server.py` running?)") from None
     session = requests.Session()
     failures = 0
     print(f"{'file':34} {'expected':24} {'predicted':24} {'prob':>6} {'ms':>7}  result  (prob: leaf score for non-leaves)")

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from inference.bundle import DEFAULT_BUNDLE_PATH, load_bundle
 from inference.images import InvalidImage, decode_image
 from inference.predict import predict
+from model.verdict import VERDICTS
 
 FIELDS = ["file", "status", "verdict", "leaf_score", "verdict_reason", "class_name", "display_name", "probability",
           "top_k", "error"]
@@ -33,7 +34,7 @@ def score_folder(folder: Path, out: Path, model: Path = DEFAULT_BUNDLE_PATH, bat
     """Write one CSV row per file; returns counts of ok and error rows."""
     bundle = load_bundle(model, device=device)
     files = list(iter_files(folder))
-    counts = {"ok": 0, "error": 0, "diagnosed": 0, "uncertain": 0, "not_tomato_leaf": 0}
+    counts = {"ok": 0, "error": 0, **dict.fromkeys(VERDICTS, 0)}
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as fh, tqdm(total=len(files), unit="img", file=sys.stderr) as bar:
         writer = csv.DictWriter(fh, fieldnames=FIELDS)

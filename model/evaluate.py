@@ -21,6 +21,7 @@ from tqdm import tqdm
 from model.calibration import expected_calibration_error
 from model.data import read_split
 from model.hardware import cpu_description
+from model.verdict import VERDICTS
 
 Perturbation = Callable[[Image.Image], bytes]
 
@@ -183,7 +184,7 @@ def evaluate(model: Path, data: Path, split: Path, out: Path, robustness: bool =
         return {"diagnosed": float(diagnosed.float().mean()),
                 "wrong_diagnosed": float((diagnosed & ~right).float().mean()),
                 "accuracy_among_diagnosed": float(right[diagnosed].float().mean()) if diagnosed.any() else float("nan"),
-                **{f"share_{v}": found.count(v) / len(found) for v in ("uncertain", "not_tomato_leaf")}}
+                **{f"share_{v}": found.count(v) / len(found) for v in VERDICTS if v != "diagnosed"}}
 
     calibrated, test_verdicts = score(file_bytes.__getitem__, "test")
     predicted = calibrated.argmax(1)

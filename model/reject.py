@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from model.bundle import network_from_bundle, read_bundle
 from model.data import load_images, read_split
 from model.negatives import SIDE, TEST_SYNTHETIC, Negative, load_negative_images, synthetic_negatives
 from model.transforms import PreprocessConfig, build_transform
-from model.verdict import VerdictRule, decide, image_statistics, leaf_scores
+from model.verdict import VERDICTS, VerdictRule, decide, image_statistics, leaf_scores
 
 # Quantiles of the tomato validation photos that set each threshold (documented in the model card).
 LEAF_REJECT_QUANTILE = 0.003  # at most 0.3 % of validation leaves are called "not a tomato leaf"
@@ -191,7 +192,7 @@ def method_scores(scorer: Scorer, scored: Scored, mahalanobis: Mahalanobis) -> d
     probabilities = scorer.probabilities(scored)
     scores = {
         "max softmax probability": probabilities.max(1).values,
-        "energy (logsumexp of logits)": torch.logsumexp(scored.logits, 1),
+        "energy (logsumexp of logits)": energy(scored),
         "Mahalanobis on features": mahalanobis.score(scored.features),
     }
     if scored.leaf_logit is not None:
@@ -199,28 +200,41 @@ def method_scores(scorer: Scorer, scored: Scored, mahalanobis: Mahalanobis) -> d
     return scores
 
 
-def compare(scorer: Scorer, tomato: dict[str, torch.Tensor], train_sample: tuple[torch.Tensor, torch.Tensor],
-            negatives: dict[str, torch.Tensor]) -> dict:
-    """AUROC and false accepts at 99 % tomato recall (threshold from validation) for every method of `scorer`."""
-    fit = scorer(train_sample[0])
-    mahalanobis = Mahalanobis(fit.features, train_sample[1])
-    val = method_scores(scorer, scorer(tomato["val"]), mahalanobis)
-    test = method_scores(scorer, scorer(tomato["test"]), mahalanobis)
-    negative_scores = {name: method_scores(scorer, scorer(images), mahalanobis) for name, images in negatives.items()}
+def compare(scorer: Scorer, fit: Scored, fit_labels: torch.Tensor, val: Scored, test: Scored,
+            negatives: dict[str, Scored]) -> dict:
+    """AUROC and false accepts at 99 % tomato recall (threshold from validation) for every method of `scorer`, on
+    images it has already scored (`fit`: training photos for the Mahalanobis means and covariance)."""
+    mahalanobis = Mahalanobis(fit.features, fit_labels)
+    val_scores = method_scores(scorer, val, mahalanobis)
+    test_scores = method_scores(scorer, test, mahalanobis)
+    negative_scores = {name: method_scores(scorer, scored, mahalanobis) for name, scored in negatives.items()}
     unseen = [n for n in negatives if not n.startswith("seen")]
     result = {}
-    for method in val:
-        threshold = quantile(val[method], 0.01)
+    for method in val_scores:
+        threshold = quantile(val_scores[method], 0.01)
         pooled = torch.cat([negative_scores[n][method] for n in unseen])
         result[method] = {
-            "auroc_unseen_kinds": auroc(test[method], pooled),
+            "auroc_unseen_kinds": auroc(test_scores[method], pooled),
             "threshold_99_recall": threshold,
-            "tomato_test_recall": float((test[method] >= threshold).float().mean()),
+            "tomato_test_recall": float((test_scores[method] >= threshold).float().mean()),
             "false_accept_unseen_kinds": float((pooled >= threshold).float().mean()),
             "false_accept_by_group": {n: float((s[method] >= threshold).float().mean()) for n, s in negative_scores.items()},
-            "roc": roc_points(test[method], pooled),
+            "roc": roc_points(test_scores[method], pooled),
         }
     return result
+
+
+def score_groups(scorer: Scorer, tomato: dict[str, torch.Tensor], train_images: torch.Tensor,
+                 negatives: dict[str, torch.Tensor]) -> tuple[Scored, Scored, Scored, dict[str, Scored]]:
+    """Every image through `scorer` once: training sample, validation, test, and each negative group."""
+    return (scorer(train_images), scorer(tomato["val"]), scorer(tomato["test"]),
+            {name: scorer(images) for name, images in negatives.items()})
+
+
+def concat(parts: list[Scored]) -> Scored:
+    leaf = None if parts[0].leaf_logit is None else torch.cat([p.leaf_logit for p in parts])
+    return Scored(torch.cat([p.logits for p in parts]), leaf, torch.cat([p.features for p in parts]),
+                  torch.cat([p.statistics for p in parts]))
 
 
 def roc_points(positives: torch.Tensor, negatives: torch.Tensor, points: int = 200) -> list[list[float]]:
@@ -268,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--limit", type=int, default=0, help="at most this many images per group (smoke runs)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    command = "python -m model.reject " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    command = "python -m model.reject " + " ".join(argv if argv is not None else sys.argv[1:])
 
     samples = read_split(args.split)
     if args.limit:
@@ -285,11 +299,11 @@ def main(argv: list[str] | None = None) -> None:
     print({k: len(v) for k, v in negatives.items()}, flush=True)
 
     scorer = Scorer(args.model)
-    val, test = scorer(tomato["val"]), scorer(tomato["test"])
+    fit, val, test, scored_negatives = score_groups(scorer, tomato, train_sample[0], negatives)
     if val.leaf_logit is None:
         raise SystemExit(f"{args.model} has no leaf head: train it with --negatives")
-    seen = torch.cat([images for name, images in negatives.items() if name.startswith("seen")])
-    rule = choose_rule(scorer, val, scorer(seen), command)
+    seen = concat([scored for name, scored in scored_negatives.items() if name.startswith("seen")])
+    rule = choose_rule(scorer, val, seen, command)
 
     def served_verdicts(scored: Scored) -> list[str]:
         return verdicts(rule, scorer.leaf_score(scored, rule), scorer.probabilities(scored).max(1).values,
@@ -297,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def verdict_shares(scored: Scored) -> dict[str, float]:
         found = served_verdicts(scored)
-        return {v: found.count(v) / len(found) for v in ("diagnosed", "uncertain", "not_tomato_leaf")}
+        return {v: found.count(v) / len(found) for v in VERDICTS}
 
     test_verdicts = served_verdicts(test)
     labels = torch.tensor([classes.index(s.class_name) for s in samples if s.split == "test"])
@@ -309,13 +323,16 @@ def main(argv: list[str] | None = None) -> None:
         "tomato_val_verdicts": verdict_shares(val),
         "tomato_test_verdicts": verdict_shares(test),
         "tomato_test_top1_among_diagnosed": float((predicted[diagnosed] == labels[diagnosed]).float().mean()),
-        "negatives_verdicts": {name: {**verdict_shares(scorer(images)), "images": len(images)}
-                               for name, images in negatives.items()},
-        "comparison": {f"{scorer.version} (this bundle)": compare(scorer, tomato, train_sample, negatives)},
+        "negatives_verdicts": {name: {**verdict_shares(scored), "images": len(negatives[name])}
+                               for name, scored in scored_negatives.items()},
+        "comparison": {f"{scorer.version} (this bundle)": compare(scorer, fit, train_sample[1], val, test,
+                                                                  scored_negatives)},
     }
     if args.baseline:
         baseline = Scorer(args.baseline)
-        result["comparison"][f"{baseline.version} (no leaf head)"] = compare(baseline, tomato, train_sample, negatives)
+        b_fit, b_val, b_test, b_negatives = score_groups(baseline, tomato, train_sample[0], negatives)
+        result["comparison"][f"{baseline.version} (no leaf head)"] = compare(baseline, b_fit, train_sample[1], b_val,
+                                                                              b_test, b_negatives)
     args.out.mkdir(parents=True, exist_ok=True)
     plot_roc(result["comparison"], args.out / "roc_curves.png")
     (args.out / "reject.json").write_text(json.dumps(result, indent=2))

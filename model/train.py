@@ -87,7 +87,7 @@ def training_negatives(args: argparse.Namespace, train_images: torch.Tensor) -> 
     write_negatives_split(negatives, args.out / "negatives_split.csv")
     train_negatives = [n for n in negatives if n.split == "train"]
     real = load_negative_images(args.negatives, train_negatives)
-    photos = load_negative_images(args.negatives, [n for n in train_negatives if n.kind == "photo"])
+    photos = real[[i for i, n in enumerate(train_negatives) if n.kind == "photo"]]  # for "blurred_photo"
     made = [synthetic_negatives(kind, args.synthetic_per_kind, args.seed, leaves=train_images, photos=photos)
             for kind in TRAIN_SYNTHETIC]
     print(f"negatives: {len(real)} real of the training kinds, {sum(len(m) for m in made)} synthetic "

@@ -8,13 +8,12 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 import zlib
 from pathlib import Path
 
-import requests
 from PIL import Image
 
+import flask_test
 from model.data import DISPLAY_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,22 +64,9 @@ _started_servers: set["LiveServer"] = set()  # strong references: a forgotten se
 
 def wait_until_ready(url: str, deadline_s: float = READY_TIMEOUT_S, alive=lambda: True,
                      probe_timeout_s: float = PROBE_TIMEOUT_S) -> None:
-    """Poll `url`/readyz until it answers 200. Any request failure (refused, reset, read timeout while the workers
-    load) means "not yet": only the overall deadline, or `alive()` turning False, ends the wait."""
-    deadline = time.monotonic() + deadline_s
-    last = "no answer yet"
-    while time.monotonic() < deadline:
-        if not alive():
-            raise RuntimeError(f"the server at {url} exited before it was ready")
-        try:
-            response = requests.get(url + "/readyz", timeout=min(probe_timeout_s, max(0.1, deadline - time.monotonic())))
-            if response.status_code == 200:
-                return
-            last = f"HTTP {response.status_code}"
-        except requests.RequestException as exc:
-            last = type(exc).__name__
-        time.sleep(0.3)
-    raise TimeoutError(f"{url} not ready after {deadline_s:.0f} s (last: {last})")
+    """flask_test.py's wait with the suite's deadlines: any request failure means "not yet"; only the overall
+    deadline (TimeoutError) or `alive()` turning False (RuntimeError) ends it."""
+    flask_test.wait_until_ready(url, deadline_s, probe_timeout_s, alive)
 
 
 class LiveServer:
