@@ -23,7 +23,7 @@ def pct(x: float) -> str:
 
 
 TRAIN_ARGS_SHOWN = ("image_size", "epochs", "batch_size", "lr", "warmup_epochs", "seed", "init_from", "negatives",
-                    "freeze_blocks", "limit", "negative_repeats")
+                    "freeze_blocks", "limit", "negative_repeats", "oe_weight")
 
 
 def comparison_table(candidates: dict[str, dict]) -> str:

@@ -8,7 +8,8 @@ sources the model never saw:
   (chosen by a hash of the name). The other kinds are split 85/15 by file into train and val.
 - Synthetic images made here from nothing but the tomato training photos and random numbers. Made for training:
   plain backgrounds with the leaf cut away, soil/skin-like colour fields, heavily blurred negatives, extreme
-  close-ups of leaf texture. Made only for testing (never trained on): noise, gradients, geometric shapes,
+  close-ups of leaf texture, tomato photos cut into tiles and shuffled (leaf colour and texture without a leaf's
+  shape, so that shape has to count: other crops' leaves share the colour and texture). Made only for testing (never trained on): noise, gradients, geometric shapes,
   checkerboards, flat green fields.
 
 Every image is brought to 256 x 256 the way serving sees photos (shorter side resized, centre crop), so neither
@@ -27,7 +28,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 SIDE = 256
 HELD_OUT_CROPS = ("strawberry", "pepper_bell")  # near out-of-distribution: leaves in the same photo setup
-TRAIN_SYNTHETIC = ("background", "colour_field", "blurred_photo", "texture_closeup")
+TRAIN_SYNTHETIC = ("background", "colour_field", "blurred_photo", "texture_closeup", "leaf_mosaic")
 TEST_SYNTHETIC = ("noise", "gradient", "shapes", "checkerboard", "green_field")
 
 
@@ -119,6 +120,19 @@ def _texture_closeup(rng: np.random.Generator, leaves: torch.Tensor) -> np.ndarr
     return np.asarray(Image.fromarray(patch).resize((SIDE, SIDE), Image.BICUBIC)).transpose(2, 0, 1).copy()
 
 
+def _leaf_mosaic(rng: np.random.Generator, leaves: torch.Tensor) -> np.ndarray:
+    """A tomato photo cut into a k x k grid of tiles, shuffled and turned: no leaf outline survives."""
+    image = leaves[int(rng.integers(len(leaves)))].numpy()
+    k = int(rng.integers(3, 6))
+    side = SIDE // k
+    tiles = [image[:, y * side:(y + 1) * side, x * side:(x + 1) * side] for y in range(k) for x in range(k)]
+    order = rng.permutation(len(tiles))
+    rows = [np.concatenate([np.rot90(tiles[order[y * k + x]], int(rng.integers(4)), axes=(1, 2))
+                            for x in range(k)], axis=2) for y in range(k)]
+    mosaic = np.concatenate(rows, axis=1).transpose(1, 2, 0)
+    return np.asarray(Image.fromarray(np.ascontiguousarray(mosaic)).resize((SIDE, SIDE), Image.BILINEAR)).transpose(2, 0, 1).copy()
+
+
 def _blurred(rng: np.random.Generator, photos: torch.Tensor) -> np.ndarray:
     image = Image.fromarray(photos[int(rng.integers(len(photos)))].permute(1, 2, 0).numpy())
     return np.asarray(image.filter(ImageFilter.GaussianBlur(float(rng.uniform(6, 14))))).transpose(2, 0, 1).copy()
@@ -165,7 +179,7 @@ def synthetic_negatives(kind: str, count: int, seed: int, leaves: torch.Tensor |
                         photos: torch.Tensor | None = None) -> torch.Tensor:
     """`count` uint8 3 x 256 x 256 images of one synthetic kind, reproducible from `seed`.
 
-    `leaves`: tomato photos (uint8 N x 3 x 256 x 256) for "background" and "texture_closeup";
+    `leaves`: tomato photos (uint8 N x 3 x 256 x 256) for "background", "texture_closeup" and "leaf_mosaic";
     `photos`: non-leaf photos for "blurred_photo"."""
     rng = np.random.default_rng([seed, _bucket(kind, 1 << 30)])
     made: list[np.ndarray] = []
@@ -180,6 +194,8 @@ def synthetic_negatives(kind: str, count: int, seed: int, leaves: torch.Tensor |
                 continue
         elif kind == "texture_closeup":
             image = _texture_closeup(rng, leaves)
+        elif kind == "leaf_mosaic":
+            image = _leaf_mosaic(rng, leaves)
         elif kind == "blurred_photo":
             image = _blurred(rng, photos)
         else:

@@ -38,6 +38,7 @@ LEAF_ACCEPT_QUANTILE = 0.005  # ... and 0.2 % more "uncertain: unclear leaf"
 PROBABILITY_QUANTILE = 0.003  # top-1 probability below what 99.7 % of validation leaves reach: "classes close"
 QUALITY_QUANTILE = 0.002  # a photo statistic below HALF of the 0.2 % quantile of validation leaves: poor photo
 QUALITY_FACTOR = 0.5
+ENERGY_MAP_SMOOTHING = 0.02  # the leaf score's logistic map aims at 0.98 / 0.02, never at exactly 1 / 0
 SYNTHETIC_TEST_PER_KIND = 100
 MAHALANOBIS_FIT_IMAGES = 3000
 
@@ -123,10 +124,14 @@ def fit_energy_map(tomato: torch.Tensor, other: torch.Tensor) -> tuple[float, fl
     """(scale, shift) of sigmoid(scale * energy + shift): a logistic fit of "tomato photo" on the energy, the two
     classes weighted equally, so the leaf score reads as a probability-like number (near 1 for the photos the model
     knows) instead of an unbounded energy. The map is monotone: which images are rejected depends only on the
-    thresholds, chosen afterwards on tomato validation photos."""
+    thresholds, chosen afterwards on tomato validation photos.
+
+    The targets are smoothed (ENERGY_MAP_SMOOTHING): when the two groups separate completely, a plain logistic fit
+    grows the slope without bound and every score rounds to exactly 0 or 1, which leaves no room for thresholds."""
     x = torch.cat([tomato, other]).double()
     mean, std = x.mean(), x.std()
-    y = torch.cat([torch.ones(len(tomato)), torch.zeros(len(other))]).double()
+    y = torch.cat([torch.full((len(tomato),), 1 - ENERGY_MAP_SMOOTHING),
+                   torch.full((len(other),), ENERGY_MAP_SMOOTHING)]).double()
     weight = torch.cat([torch.full((len(tomato),), 0.5 / len(tomato)), torch.full((len(other),), 0.5 / len(other))]).double()
     params = torch.zeros(2, dtype=torch.double, requires_grad=True)
     optimizer = torch.optim.LBFGS([params], lr=0.5, max_iter=200)
@@ -139,8 +144,8 @@ def fit_energy_map(tomato: torch.Tensor, other: torch.Tensor) -> tuple[float, fl
         return loss
 
     optimizer.step(closure)
-    scale = float(params[0] / std)
-    return scale, float(params[1] - scale * mean)
+    scale = float(params[0].detach() / std)
+    return scale, float(params[1].detach() - scale * mean)
 
 
 def choose_rule(scorer: "Scorer", val: Scored, seen_negatives: Scored, command: str) -> VerdictRule:

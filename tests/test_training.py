@@ -102,6 +102,32 @@ def test_synthetic_negatives_are_reproducible_and_serving_sized():
         assert not torch.equal(first, synthetic_negatives(kind, 3, seed=8))
 
 
+def test_leaf_mosaic_keeps_the_leaf_pixels_but_not_the_leaf():
+    from model.negatives import synthetic_negatives
+
+    yy, xx = torch.meshgrid(torch.arange(256), torch.arange(256), indexing="ij")
+    leaf = ((yy - 128) ** 2 + (xx - 128) ** 2 < 90 ** 2).to(torch.uint8)  # a green disc on grey: one "leaf"
+    photo = torch.stack([100 - 60 * leaf, 100 + 80 * leaf, 100 - 60 * leaf]).to(torch.uint8)[None]
+    mosaics = synthetic_negatives("leaf_mosaic", 4, seed=3, leaves=photo)
+    assert mosaics.shape == (4, 3, 256, 256)
+    green = (mosaics[:, 1].float() > 140).float().mean().item()
+    assert abs(green - leaf.float().mean().item()) < 0.05  # about the same amount of leaf colour
+    centre = mosaics[:, 1, 96:160, 96:160].float().gt(140).float().mean(dim=(1, 2))
+    assert (centre < 0.99).any()  # but the disc is no longer whole in the middle
+
+
+def test_energy_map_stays_inside_zero_and_one_when_the_groups_separate_completely():
+    from model.reject import fit_energy_map
+
+    tomato, other = torch.linspace(10, 14, 200), torch.linspace(-4, 2, 200)  # no overlap at all
+    scale, shift = fit_energy_map(tomato, other)
+    leaf = torch.sigmoid(scale * torch.cat([tomato, other]) + shift)
+    assert scale > 0
+    assert leaf[:200].min() > 0.5 > leaf[200:].max()
+    assert leaf.max() < 1.0 and leaf.min() > 0.0  # a plain logistic fit would round every score to 0 or 1
+    assert len(leaf[:200].unique()) > 100  # so tomato photos still differ and a quantile can sit between them
+
+
 def test_auroc_is_the_probability_of_ranking_a_positive_first():
     from model.reject import auroc
 
