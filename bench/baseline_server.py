@@ -28,7 +28,8 @@ from inference import decode_image, load_bundle, predict  # noqa: E402
 
 def create_app(model_path: str) -> Flask:
     torch.set_num_threads(int(os.environ.get("TOMATO_TORCH_THREADS", "0")) or os.cpu_count() or 1)
-    bundle = load_bundle(model_path, device="cpu", warmup=True, backend="eager")  # the tutorial's plain PyTorch
+    device = os.environ.get("TOMATO_DEVICE", "cpu")  # bench/gpu_check.sh sets cuda for both servers
+    bundle = load_bundle(model_path, device=device, warmup=True, backend="eager")  # the tutorial's plain PyTorch
     app = Flask(__name__)
 
     @app.get("/ping")
