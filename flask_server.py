@@ -12,7 +12,6 @@ import os
 import runpy
 import threading
 import time
-from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,8 @@ from flask import Flask, Response, current_app, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from inference import DEFAULT_BUNDLE_PATH, InvalidImage, MicroBatcher, ModelBundle, QueueFull, decode_image, load_bundle
-from inference.predict import preprocess
+from inference import DEFAULT_BUNDLE_PATH, InvalidImage, MicroBatcher, ModelBundle, decode_image, load_bundle
+from inference.predict import explain_prediction, preprocess
 from model.verdict import NOT_A_TOMATO_LEAF
 from serving.auth import token_from_environment, token_matches, validate_token
 from serving.errors import IMAGE_ERROR_STATUS, ApiError
@@ -31,6 +30,7 @@ from serving.http_errors import register as register_http_layer_errors
 from serving.metrics import create_metrics
 from serving.multipart import ApiRequest
 from serving.openapi import openapi_spec
+from serving.scoring import count_answers, parse_flag, submit, wait_all
 from serving.uploads import read_uploads
 from serving.workers import announce_if_all_ready, mark_ready, ready_workers
 
@@ -218,6 +218,7 @@ def register_routes(app: Flask) -> None:
         check_token()
         bundle, batcher = state().require_ready()
         top_k = parse_top_k(bundle)
+        explain = parse_flag("explain", request.args.get("explain"))
         uploads = read_uploads(request, int(current_app.config["MAX_FILES"]))
         decode_started = time.perf_counter()
         tensors, decode_ms, errors = [], [], {}  # errors: upload index -> why that file could not be used
@@ -233,34 +234,23 @@ def register_routes(app: Flask) -> None:
                 decode_ms.append((time.perf_counter() - started) * 1000)
             if not tensors:
                 raise none_usable(uploads, errors)
-            try:
-                futures = batcher.submit_many(tensors, top_k, announcement)
-            except QueueFull as exc:
-                raise ApiError(429, "overloaded", f"server is busy ({exc}); retry shortly",
-                               {"Retry-After": "1"}) from None
+            futures = submit(batcher, tensors, top_k, announcement, explain)
         state().update_queue_depth()
-        deadline = decode_started + float(current_app.config["REQUEST_TIMEOUT_S"])
-        results = []
-        try:
-            for future in futures:
-                results.append(future.result(timeout=max(0.0, deadline - time.perf_counter())))
-        except FutureTimeout:
-            for future in futures:
-                future.cancel()
-            raise ApiError(504, "timeout", "the model did not answer within the request deadline") from None
-        state().metrics.images.inc(len(results))
-        for result in results:
-            state().metrics.verdicts.labels(result.prediction.verdict).inc()
-        answered = iter(zip(results, decode_ms))
+        results = wait_all(futures, decode_started + float(current_app.config["REQUEST_TIMEOUT_S"]))
+        count_answers(state().metrics, results)
+        answered = iter(zip(results, decode_ms, tensors))
         predictions = []
         for index, upload in enumerate(uploads):  # upload order, a bad file's error object in its place
             if index in errors:
                 predictions.append(image_error(upload, errors[index]))
                 continue
-            result, d = next(answered)
+            result, d, tensor = next(answered)
+            prediction = result.prediction
+            if result.cam is not None:  # the overlay is drawn here, in the request thread, not in the batcher's
+                prediction = explain_prediction(bundle, prediction, tensor, result.cam)
             predictions.append({
                 "filename": upload.filename,
-                **result.prediction.to_dict(),
+                **prediction.to_dict(),
                 "batch_size": result.batch_size,
                 "timing_ms": {"decode": round(d, 2), "queue": round(result.queue_ms, 2),
                               "inference": round(result.inference_ms, 2)},

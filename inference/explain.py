@@ -1,0 +1,89 @@
+"""Class-activation maps: where the model looked, from the same forward that classified the image.
+
+The network ends in global-average-pool -> linear, so a class's logit is the spatial mean of the last feature map
+weighted by that class's classifier row. Weighting each location instead of the mean gives the class-activation map
+(CAM) for free: the engines return the feature map as a second output of the one forward (no backward pass, no
+extra forwards), and the classifier weights are read from the loaded bundle, never hard-coded.
+Faithfulness is measured by a deletion test (bench/explain_faithfulness.py, docs/explanations.md).
+"""
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.nn import functional as F
+
+OVERLAY_ALPHA = 0.45  # heat over the photo: enough to read the colour, little enough to still see the lesions
+
+
+def forward_with_features(network: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(outputs, last feature map (N, C_head, h, w)) of the bundle's network; outputs exactly as `network(batch)`."""
+    feature_map = network.head(network.blocks(network.stem(batch)))
+    return network.head_outputs(network.pool(feature_map).flatten(1)), feature_map
+
+
+class WithFeatures(nn.Module):
+    """The network with its last feature map as a second output: what the ONNX export traces."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return forward_with_features(self.network, batch)
+
+
+def class_weights(network: nn.Module) -> torch.Tensor:
+    """(classes, C_head) classifier rows on the CPU: the CAM weights of every disease class."""
+    return network.classifier.weight.detach().float().cpu()
+
+
+def class_activation_maps(features: torch.Tensor, weights: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """(N, h, w) maps in [0, 1]: feature map (N, C_head, h, w) weighted by each image's class row, negative
+    evidence cut at 0 and each map divided by its maximum (all zeros when nothing speaks for the class)."""
+    rows = weights[classes.long()]  # (N, C_head)
+    cams = torch.einsum("nc,nchw->nhw", rows, features.float()).clamp_(min=0)
+    peak = cams.flatten(1).amax(1).clamp_(min=1e-12).view(-1, 1, 1)
+    return cams / peak
+
+
+def _heat_colours(heat: np.ndarray) -> np.ndarray:
+    """(H, W) in [0, 1] -> (H, W, 3) float RGB, a blue-green-yellow-red ramp."""
+    x = heat[..., None] * 4.0
+    return np.clip(1.5 - np.abs(x - np.array([3.0, 2.0, 1.0])), 0.0, 1.0)
+
+
+def network_view(tensor: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """The normalised network input (3, H, W) back to an (H, W, 3) float RGB image in [0, 1]: the crop the
+    model actually saw, which is what the map refers to."""
+    mean_t = torch.tensor(mean).view(3, 1, 1)
+    std_t = torch.tensor(std).view(3, 1, 1)
+    return (tensor.detach().float().cpu() * std_t + mean_t).clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def overlay_png(tensor: torch.Tensor, cam: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> bytes:
+    """PNG of the map (upsampled bilinearly) blended over the network's view of the photo."""
+    photo = network_view(tensor, mean, std)
+    height, width = photo.shape[:2]
+    heat = F.interpolate(cam[None, None].float(), size=(height, width), mode="bilinear", align_corners=False)
+    colours = _heat_colours(heat[0, 0].clamp(0, 1).numpy())
+    blended = (1 - OVERLAY_ALPHA) * photo + OVERLAY_ALPHA * colours
+    buffer = io.BytesIO()
+    Image.fromarray((blended * 255 + 0.5).astype(np.uint8)).save(buffer, "PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def explanation(tensor: torch.Tensor, cam: torch.Tensor, class_name: str, mean: tuple[float, ...],
+                std: tuple[float, ...], overlay: bool = True) -> dict[str, Any]:
+    """The JSON `explanation` object of one image: the grid, its shape and (optionally) the overlay as base64."""
+    grid = [[round(v, 4) for v in row] for row in cam.tolist()]
+    result: dict[str, Any] = {"method": "class_activation_map", "class_name": class_name,
+                              "shape": [len(grid), len(grid[0]) if grid else 0], "grid": grid}
+    if overlay:
+        result["overlay_png"] = base64.b64encode(overlay_png(tensor, cam, mean, std)).decode("ascii")
+    return result
