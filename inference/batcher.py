@@ -25,6 +25,10 @@ class QueueFull(RuntimeError):
     """The batcher's queue is at its bound: the caller should answer 429 and ask the client to retry."""
 
 
+class BatcherStopped(RuntimeError):
+    """The batcher was stopped (its model was swapped out long ago): the caller should answer 503 and retry."""
+
+
 @dataclass(frozen=True)
 class BatchedResult:
     prediction: Prediction
@@ -107,7 +111,7 @@ class MicroBatcher:
         class-activation maps (the forward of their batch also returns the feature map)."""
         with self._lock:  # only submitters add, so the room checked here is still there below
             if self._stopped.is_set():
-                raise RuntimeError("batcher is stopped")
+                raise BatcherStopped("batcher is stopped")
             room = self._queue.maxsize - self._queue.qsize()
             if len(tensors) > room:
                 raise QueueFull(f"{self._queue.qsize()} of {self._queue.maxsize} queue places are taken")

@@ -134,8 +134,8 @@ def _input_tensors(bundle: ModelBundle, infer: InferRequest, max_images: int) ->
     tensor = infer.inputs[0]
     side = bundle.preprocess.image_size
     if tensor.name == "image":
-        if tensor.datatype != "BYTES" or len(tensor.shape) not in (1, 2) or tensor.shape[1:] not in ([], [1]):
-            raise bad_request('input "image" must be BYTES with shape [N] (or [N, 1])')
+        if tensor.datatype != "BYTES" or len(tensor.shape) != 1:
+            raise bad_request('input "image" must be BYTES with shape [N]')
         items: list[Any] = list(tensor.values)
     elif tensor.name == "input":
         if tensor.datatype != "FP32" or len(tensor.shape) != 4 or tensor.shape[1:] != [3, side, side]:

@@ -9,20 +9,16 @@ from typing import Any
 import torch
 
 from inference import BatchedResult, MicroBatcher, QueueFull
-from inference.batcher import Announcement
+from inference.batcher import Announcement, BatcherStopped
 from serving.errors import ApiError
 
-TRUE_WORDS = ("1", "true", "yes", "on")
-FALSE_WORDS = ("", "0", "false", "no", "off")
-
-
 def parse_flag(name: str, raw: str | None) -> bool:
-    """A yes/no query parameter; anything else is the client's mistake (400), not a silent "no"."""
-    value = (raw or "").strip().lower()
-    if value in TRUE_WORDS:
-        return True
-    if value in FALSE_WORDS:
+    """A true/false query parameter (absent = false); anything else is the client's mistake (400), not a silent
+    "no", and exactly what the OpenAPI spec's boolean allows."""
+    if raw is None or raw == "false":
         return False
+    if raw == "true":
+        return True
     raise ApiError(400, "bad_parameter", f"{name} must be true or false, got {raw!r}")
 
 
@@ -33,6 +29,9 @@ def submit(batcher: MicroBatcher, tensors: list[torch.Tensor], top_k: int,
         return batcher.submit_many(tensors, top_k, announcement, explain=explain)
     except QueueFull as exc:
         raise ApiError(429, "overloaded", f"server is busy ({exc}); retry shortly", {"Retry-After": "1"}) from None
+    except BatcherStopped:  # the request held the previous model for longer than a swap's grace period
+        raise ApiError(503, "model_swapped", "the model was replaced while this request waited; retry",
+                       {"Retry-After": "1"}) from None
 
 
 def wait_all(futures: list[Any], deadline: float) -> list[BatchedResult]:

@@ -46,6 +46,11 @@ class InferRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
+def _flag(parameters: object, key: str) -> bool:
+    """True when `parameters` is an object whose `key`, if present, is a boolean."""
+    return isinstance(parameters, dict) and isinstance(parameters.get(key, False), bool)
+
+
 def _shape(raw: object, name: str) -> list[int]:
     if not isinstance(raw, list) or not raw or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                                          for d in raw):
@@ -53,13 +58,33 @@ def _shape(raw: object, name: str) -> list[int]:
     return raw
 
 
-def _json_bytes(data: object, count: int, name: str) -> list[bytes]:
-    """BYTES in JSON: `count` base64 strings (nested lists allowed, read row-major)."""
-    flat = list(_flatten(data))
-    if len(flat) != count:
-        raise bad_request(f"input {name!r}: {len(flat)} elements for shape of {count}")
+def _row_major(data: object, shape: list[int], name: str) -> list[Any]:
+    """The elements of `data`, given flat or nested exactly as `shape` (the protocol's two JSON layouts)."""
+    if isinstance(data, list) and not any(isinstance(v, list) for v in data):
+        if len(data) != math.prod(shape):
+            raise bad_request(f"input {name!r}: {len(data)} elements for shape {shape}")
+        return data
+    flat: list[Any] = []
+
+    def walk(node: object, depth: int) -> None:
+        if depth == len(shape):
+            if isinstance(node, list):
+                raise bad_request(f"input {name!r}: data is nested deeper than shape {shape}")
+            flat.append(node)
+            return
+        if not isinstance(node, list) or len(node) != shape[depth]:
+            raise bad_request(f"input {name!r}: data is neither flat nor nested as shape {shape}")
+        for child in node:
+            walk(child, depth + 1)
+
+    walk(data, 0)
+    return flat
+
+
+def _json_bytes(data: object, shape: list[int], name: str) -> list[bytes]:
+    """BYTES in JSON: base64 strings, flat or nested as the shape."""
     out = []
-    for element in flat:
+    for element in _row_major(data, shape, name):
         if not isinstance(element, str):
             raise bad_request(f"input {name!r}: BYTES elements must be base64 strings in JSON")
         try:
@@ -69,18 +94,8 @@ def _json_bytes(data: object, count: int, name: str) -> list[bytes]:
     return out
 
 
-def _flatten(data: object):
-    if isinstance(data, list):
-        for item in data:
-            yield from _flatten(item)
-    else:
-        yield data
-
-
 def _json_numbers(data: object, shape: list[int], dtype: np.dtype, name: str) -> np.ndarray:
-    flat = list(_flatten(data))
-    if len(flat) != math.prod(shape):
-        raise bad_request(f"input {name!r}: {len(flat)} values for shape {shape}")
+    flat = _row_major(data, shape, name)
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in flat):
         raise bad_request(f"input {name!r}: FP32 data must be numbers")
     return np.asarray(flat, dtype=dtype).reshape(shape)
@@ -126,12 +141,16 @@ def parse_infer_request(body: bytes, header_length: str | None, max_elements: in
         raise bad_request("the request is not valid JSON") from None
     if not isinstance(document, dict) or not isinstance(document.get("inputs"), list) or not document["inputs"]:
         raise bad_request('the request needs a non-empty "inputs" list')
-    parameters = document.get("parameters") or {}
+    parameters = document.get("parameters", {})
     requested = document.get("outputs")
     if not isinstance(parameters, dict) or (requested is not None and not (
             isinstance(requested, list) and all(isinstance(o, dict) and isinstance(o.get("name"), str)
+                                                and _flag(o.get("parameters", {}), "binary_data")
                                                 for o in requested))):
-        raise bad_request('"parameters" must be an object and "outputs" a list of {"name": ...} objects')
+        raise bad_request('"parameters" must be an object and "outputs" a list of {"name": ...} objects '
+                          '(with parameters.binary_data true or false)')
+    if not _flag(parameters, "binary_data_output"):
+        raise bad_request('parameters.binary_data_output must be true or false')
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise bad_request('"id" must be a string')
@@ -144,8 +163,10 @@ def parse_infer_request(body: bytes, header_length: str | None, max_elements: in
         shape = _shape(spec.get("shape"), name)
         if math.prod(shape) > max_elements:
             raise ApiError(413, "payload_too_large", f"input {name!r}: shape {shape} is larger than this server takes")
-        input_parameters = spec.get("parameters") or {}
-        size = input_parameters.get("binary_data_size") if isinstance(input_parameters, dict) else None
+        input_parameters = spec.get("parameters", {})
+        if not isinstance(input_parameters, dict):
+            raise bad_request(f"input {name!r}: parameters must be an object")
+        size = input_parameters.get("binary_data_size")
         if datatype != "BYTES" and datatype not in NUMPY_TYPES:
             raise bad_request(f"input {name!r}: datatype {datatype!r} is not supported here")
         if size is not None:
@@ -158,7 +179,7 @@ def parse_infer_request(body: bytes, header_length: str | None, max_elements: in
         else:
             if "data" not in spec:
                 raise bad_request(f"input {name!r} has neither data nor binary_data_size")
-            values = (_json_bytes(spec["data"], math.prod(shape), name) if datatype == "BYTES"
+            values = (_json_bytes(spec["data"], shape, name) if datatype == "BYTES"
                       else _json_numbers(spec["data"], shape, NUMPY_TYPES[datatype], name))
         inputs.append(InputTensor(name, datatype, shape, values))
     if offset != len(binary):
