@@ -194,7 +194,8 @@ def register_routes(app: Flask) -> None:
             endpoints={"POST /predict": "classify one or more leaf photos", "POST /feedback": "report a wrong answer",
                        "GET /v1/model": "model card summary", "GET /livez": "process alive",
                        "GET /readyz": "model loaded and warm", "GET /metrics": "Prometheus metrics",
-                       "GET /openapi.json": "OpenAPI 3 description"},
+                       "GET /openapi.json": "OpenAPI 3 description",
+                       "POST /v2/models/<name>/infer": "Open Inference Protocol (KServe v2); GET /v2 for the rest"},
         )
 
     @app.get("/livez")

@@ -131,6 +131,50 @@ def draw(result: dict, out_dir: Path) -> None:
     plt.close(fig)
 
 
+def write_doc(result: dict, path: Path) -> None:
+    """docs/explanations.md from the measured numbers (kept out of the generated model card: a retrained bundle
+    redraws its card without touching this)."""
+    curves = result["curves"]
+    rows = "\n".join(f"| {order} | {c['auc']:.3f} | "
+                      + " / ".join(f"{v:.2f}" for v in c["mean_probability"][1:6]) + f" | {100 * c['answer_kept_after_first_20pct']:.1f} % |"
+                      for order, c in curves.items())
+    hot, rnd, cold = (curves[o]["auc"] for o in ORDERS)
+    shown = ", ".join(f"{100 * f:.0f} %" for f in result["fraction_hidden"][1:6])
+    path.write_text(f"""# Where the model looked: class-activation maps and how faithful they are
+
+`POST /predict?explain=true` (README, "Where the model looked") returns for each photo the class-activation map
+of the predicted class: the last feature map ({result['grid'][0]} x {result['grid'][1]} cells of
+{result['cell_px']} x {result['cell_px']} px at the network's input) weighted by that class's classifier row. It
+costs no extra forward: the feature map is a second output of the same ONNX graph (BENCHMARKS.md, "Explanations").
+
+## Deletion test (held-out test split)
+
+For each of the {result['images']} test photos (model {result['model']['version']}, top-1
+{100 * result['top1_accuracy']:.2f} %), the map's cells are hidden ({result['hidden_with']}) one group at a
+time in three orders, and the probability of the class first predicted is read after each step. If the map shows
+what the decision rests on, hiding its hottest cells first lowers that probability faster than hiding cells at
+random, and hiding the coldest first slower. Lower area under the curve = faster fall.
+
+| order | area under the curve | mean probability after hiding {shown} | answer still >= 0.5 after 20 % hidden |
+| --- | --- | --- | --- |
+{rows}
+
+![deletion curves](explanation_deletion.png)
+
+**Reading.** Hottest first falls {'faster' if hot < rnd else 'no faster'} than random (area {hot:.3f} against
+{rnd:.3f}, {100 * (rnd - hot) / rnd:+.1f} % relative), and coldest first is the slowest ({cold:.3f}): the ranking
+the maps give is {'right' if hot < rnd < cold else 'not consistent'}. The gap is modest: at 160 px the map has only
+{result['grid'][0] * result['grid'][1]} cells, each a large part of the leaf, and these lab photos carry
+symptoms over much of the leaf, so the model keeps its answer while most of the leaf is still visible. Use the
+overlay as a coarse "which part of the photo", not as a lesion outline. Measuring a finer map (an earlier,
+stride-16 layer with Grad-CAM weights in eager) is the next step if lesion-level detail is wanted.
+
+![examples](explanation_examples.png)
+
+Produced by `{result['command']}` (writes trained_model/explain.json, this page and both figures).
+""")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=DEFAULT_BUNDLE_PATH)
@@ -148,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     result.pop("examples")
     result["command"] = "python -m bench.explain_faithfulness" + (f" --limit {args.limit}" if args.limit else "")
     args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_doc(result, args.figures / "explanations.md")
     for order, curve in result["curves"].items():
         print(f"{order:14s} area {curve['auc']:.3f}  probabilities {curve['mean_probability']}")
     return 0

@@ -19,14 +19,28 @@ import psutil
 import requests
 
 
+def _listens(process: psutil.Process, port: int) -> bool:
+    try:
+        return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+                   for c in process.net_connections("tcp"))
+    except psutil.Error:
+        return False
+
+
 def find_master(port: int) -> int:
-    """The pid of the process listening on `port` whose parent does not (gunicorn's master, not a worker)."""
-    listeners = {c.pid for c in psutil.net_connections("tcp")
-                 if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid}
-    masters = [pid for pid in listeners if psutil.Process(pid).ppid() not in listeners]
+    """The pid of gunicorn's master for `port`: a process listening on it, climbed up to the last ancestor that
+    still listens (the master and its workers share one socket, which psutil reports under one of them only)."""
+    found = {c.pid for c in psutil.net_connections("tcp")
+             if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid}
+    masters = set()
+    for pid in found:
+        process = psutil.Process(pid)
+        while (parent := process.parent()) is not None and _listens(parent, port):
+            process = parent
+        masters.add(process.pid)
     if len(masters) != 1:
-        raise SystemExit(f"cannot tell which process serves port {port} (found {sorted(listeners)}); pass --pid")
-    return masters[0]
+        raise SystemExit(f"cannot tell which process serves port {port} (found {sorted(found)}); pass --pid")
+    return masters.pop()
 
 
 def readiness(url: str, timeout: float = 10.0) -> dict:
