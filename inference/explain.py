@@ -52,10 +52,15 @@ def class_activation_maps(features: torch.Tensor, weights: torch.Tensor, classes
     return cams / peak
 
 
-def _heat_colours(heat: np.ndarray) -> np.ndarray:
-    """(H, W) in [0, 1] -> (H, W, 3) float RGB, a blue-green-yellow-red ramp."""
-    x = heat[..., None] * 4.0
-    return np.clip(1.5 - np.abs(x - np.array([3.0, 2.0, 1.0])), 0.0, 1.0)
+def _heat_ramp() -> torch.Tensor:
+    """(256, 3) uint8 colours of a blue-green-yellow-red ramp, looked up instead of computed per pixel."""
+    x = torch.linspace(0, 4, 256)[:, None]
+    return (torch.clamp(1.5 - (x - torch.tensor([3.0, 2.0, 1.0])).abs(), 0, 1) * 255 + 0.5).to(torch.uint8)
+
+
+HEAT_RAMP = _heat_ramp()
+ALPHA_256 = round(OVERLAY_ALPHA * 256)
+PNG_LEVEL = 1  # zlib level: 1 halves the bytes of 0 for a few ms of CPU (BENCHMARKS.md, "Explanations")
 
 
 def network_view(tensor: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
@@ -67,14 +72,18 @@ def network_view(tensor: torch.Tensor, mean: tuple[float, ...], std: tuple[float
 
 
 def overlay_png(tensor: torch.Tensor, cam: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> bytes:
-    """PNG of the map (upsampled bilinearly) blended over the network's view of the photo."""
-    photo = network_view(tensor, mean, std)
-    height, width = photo.shape[:2]
-    heat = F.interpolate(cam[None, None].float(), size=(height, width), mode="bilinear", align_corners=False)
-    colours = _heat_colours(heat[0, 0].clamp(0, 1).numpy())
-    blended = (1 - OVERLAY_ALPHA) * photo + OVERLAY_ALPHA * colours
+    """PNG of the map (upsampled bilinearly) blended over the network's view of the photo. Integer arithmetic and
+    a colour table, and zlib's fastest level: it runs once per explained image in a request thread
+    (BENCHMARKS.md, "Explanations")."""
+    height, width = tensor.shape[-2:]
+    mean_t = torch.tensor(mean).view(3, 1, 1) * 255
+    std_t = torch.tensor(std).view(3, 1, 1) * 255
+    photo = (tensor.detach().float().cpu() * std_t + mean_t).clamp_(0, 255).to(torch.int32).permute(1, 2, 0)
+    heat = F.interpolate(cam[None, None].float().cpu(), size=(height, width), mode="bilinear", align_corners=False)
+    colours = HEAT_RAMP[(heat[0, 0].clamp(0, 1) * 255).round().long()].to(torch.int32)
+    blended = ((photo * (256 - ALPHA_256) + colours * ALPHA_256) >> 8).to(torch.uint8)
     buffer = io.BytesIO()
-    Image.fromarray((blended * 255 + 0.5).astype(np.uint8)).save(buffer, "PNG", compress_level=1)
+    Image.fromarray(blended.numpy()).save(buffer, "PNG", compress_level=PNG_LEVEL)
     return buffer.getvalue()
 
 
