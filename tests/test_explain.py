@@ -29,7 +29,8 @@ def test_explain_adds_a_map_and_an_overlay_per_image(client):
         assert explanation["class_name"] == prediction["class_name"]
         assert explanation["shape"] == [2, 2]  # 64 px tiny model: stride 32
         grid = np.array(explanation["grid"])
-        assert grid.shape == (2, 2) and grid.min() >= 0 and grid.max() == pytest.approx(1.0)
+        # scaled to a maximum of 1; all zeros when nothing speaks for the class (a random tiny network can do that)
+        assert grid.shape == (2, 2) and grid.min() >= 0 and grid.max() in (0.0, 1.0)
         overlay = Image.open(io.BytesIO(base64.b64decode(explanation["overlay_png"])))
         assert overlay.format == "PNG" and overlay.size == (64, 64)
 
