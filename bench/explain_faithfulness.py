@@ -135,11 +135,12 @@ def write_doc(result: dict, path: Path) -> None:
     """docs/explanations.md from the measured numbers (kept out of the generated model card: a retrained bundle
     redraws its card without touching this)."""
     curves = result["curves"]
+    columns = sorted({_index_at(result["fraction_hidden"], f) for f in (0.2, 0.4, 0.52, 0.68)})
     rows = "\n".join(f"| {order} | {c['auc']:.3f} | "
-                      + " / ".join(f"{v:.2f}" for v in c["mean_probability"][1:6]) + f" | {100 * c['answer_kept_after_first_20pct']:.1f} % |"
-                      for order, c in curves.items())
+                      + " / ".join(f"{c['mean_probability'][i]:.3f}" for i in columns)
+                      + f" | {100 * c['answer_kept_after_first_20pct']:.1f} % |" for order, c in curves.items())
     hot, rnd, cold = (curves[o]["auc"] for o in ORDERS)
-    shown = ", ".join(f"{100 * f:.0f} %" for f in result["fraction_hidden"][1:6])
+    shown = ", ".join(f"{100 * result['fraction_hidden'][i]:.0f} %" for i in columns)
     path.write_text(f"""# Where the model looked: class-activation maps and how faithful they are
 
 `POST /predict?explain=true` (README, "Where the model looked") returns for each photo the class-activation map
@@ -165,8 +166,10 @@ random, and hiding the coldest first slower. Lower area under the curve = faster
 {rnd:.3f}, {100 * (rnd - hot) / rnd:+.1f} % relative), and coldest first is the slowest ({cold:.3f}): the ranking
 the maps give is {'right' if hot < rnd < cold else 'not consistent'}. The gap is modest: at 160 px the map has only
 {result['grid'][0] * result['grid'][1]} cells, each a large part of the leaf, and these lab photos carry
-symptoms over much of the leaf, so the model keeps its answer while most of the leaf is still visible. Use the
-overlay as a coarse "which part of the photo", not as a lesion outline. Measuring a finer map (an earlier,
+symptoms over much of the leaf, so the model keeps its answer while most of the leaf is still visible. The
+examples below (the first eight test photos) show the other weakness: many maps lean to the lower part of the
+crop whatever the lesions' positions. Use the overlay as a coarse "which part of the photo", not as a lesion
+outline. Measuring a finer map (an earlier,
 stride-16 layer with Grad-CAM weights in eager) is the next step if lesion-level detail is wanted.
 
 ![examples](explanation_examples.png)
@@ -185,7 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=18)
     parser.add_argument("--out", type=Path, default=ROOT / "trained_model" / "explain.json")
     parser.add_argument("--figures", type=Path, default=ROOT / "docs")
+    parser.add_argument("--doc-only", action="store_true", help="only rewrite docs/explanations.md from --out")
     args = parser.parse_args(argv)
+    if args.doc_only:
+        write_doc(json.loads(args.out.read_text()), args.figures / "explanations.md")
+        return 0
     result = run(args.model, args.split, args.data, args.limit, args.batch_size, args.seed)
     args.figures.mkdir(parents=True, exist_ok=True)
     draw(result, args.figures)
