@@ -162,7 +162,7 @@ def parse_infer_request(body: bytes, header_length: str | None, max_elements: in
         name, datatype = spec["name"], spec["datatype"]
         shape = _shape(spec.get("shape"), name)
         if math.prod(shape) > max_elements:
-            raise ApiError(413, "payload_too_large", f"input {name!r}: shape {shape} is larger than this server takes")
+            raise bad_request(f"input {name!r}: shape {shape} is larger than this server takes")
         input_parameters = spec.get("parameters", {})
         if not isinstance(input_parameters, dict):
             raise bad_request(f"input {name!r}: parameters must be an object")

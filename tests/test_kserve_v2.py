@@ -105,7 +105,7 @@ def test_binary_tensor_extension_by_hand(client, leaf_bytes):
     (f"/v2/models/{TINY}/infer", {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
                                               "data": [base64.b64encode(b"not an image").decode()]}]}, 415, "image[0]"),
     (f"/v2/models/{TINY}/infer", {"inputs": [{"name": "input", "datatype": "FP32", "shape": [10 ** 9, 3, 64, 64],
-                                              "data": []}]}, 413, "larger"),
+                                              "data": []}]}, 400, "larger"),
     (f"/v2/models/other", None, 404, "not served here"),
 ])
 def test_errors_are_the_protocols_json(client, path, body, status, words):
