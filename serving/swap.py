@@ -114,7 +114,9 @@ def swap(service: Any, grace_s: float) -> dict[str, Any]:
     service.activate(bundle)
     log.info("model swapped: now serving %s %s (%s)", bundle.name, bundle.version, bundle.sha256[:12])
     if old_batcher is not None:
-        threading.Timer(grace_s, _retire, args=(old_batcher,)).start()
+        retire = threading.Timer(grace_s, _retire, args=(old_batcher,))
+        retire.daemon = True  # a worker told to exit does not wait for it
+        retire.start()
     return {"state": "swapped", "error": None}
 
 
