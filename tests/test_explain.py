@@ -113,3 +113,12 @@ def test_batch_scorer_writes_overlays(tiny_bundle_path, tmp_path):
     written = sorted(p.name for p in (tmp_path / "overlays").iterdir())
     assert counts["ok"] == 2 and written == sorted(f"{p.stem}.png" for p in sample_files()[:2])
     assert Image.open(tmp_path / "overlays" / written[0]).format == "PNG"
+
+
+def test_overlay_png_is_a_lossless_png():
+    from inference.explain import rgb_png
+
+    pixels = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    for level in (0, 6):
+        decoded = Image.open(io.BytesIO(rgb_png(pixels, level)))
+        assert decoded.mode == "RGB" and (np.asarray(decoded) == pixels).all()
