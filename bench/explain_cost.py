@@ -44,7 +44,8 @@ def export_logits_only(network: torch.nn.Module, path: Path, image_size: int) ->
 
 
 def forward_turns(model: Path, rounds: int, runs: int) -> dict[str, float]:
-    """Median microseconds per batch-1 forward for each variant, timed in turns."""
+    """Median CPU microseconds (this process: the session runs on one thread) per batch-1 forward for each
+    variant, timed in turns; CPU time, not wall time, so that other jobs on a busy host do not count."""
     bundle = load_bundle(model, device="cpu", warmup=False, backend="eager")
     side = bundle.preprocess.image_size
     work = Path(tempfile.mkdtemp())
@@ -62,10 +63,10 @@ def forward_turns(model: Path, rounds: int, runs: int) -> dict[str, float]:
     samples: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
         for name, fn in variants.items():
-            started = time.perf_counter()
+            started = time.process_time()
             for _ in range(runs):
                 fn()
-            samples[name].append((time.perf_counter() - started) / runs * 1e6)
+            samples[name].append((time.process_time() - started) / runs * 1e6)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     forward = forward_turns(args.model, args.rounds, args.runs)
     base = forward["graph before explanations, logits"]
-    print("| forward, batch 1, ONNX Runtime 1 thread | µs (median of turns) | vs before |\n| --- | --- | --- |")
+    print("| forward, batch 1, ONNX Runtime 1 thread | CPU µs (median of turns) | vs before |\n| --- | --- | --- |")
     for name, value in forward.items():
         print(f"| {name} | {value:.0f} | {100 * (value / base - 1):+.1f} % |")
     server = server_turns(args.model, args.rounds, args.requests)
