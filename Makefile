@@ -7,7 +7,7 @@ BUNDLE := trained_model/tomato_leaf_lite0.pt
 # one stamp per shipped bundle (its sha256): a new bundle gets its ONNX graph exported again at install time
 ENGINE_STAMP := $(VENV)/.engine-$(shell sha256sum $(BUNDLE) 2>/dev/null | cut -c1-16)
 
-.PHONY: deps install engine bench-deps browser proxy run api page test smoke bench card clean
+.PHONY: deps install engine bench-deps browser proxy run api page test smoke bench card clean reload
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -67,6 +67,12 @@ card: install  ## redraw trained_model/MODEL_CARD.md from the evaluation files (
 	  --candidate "Lite0 160 px, stage 1 only (6 epochs from ImageNet)=$(CANDIDATES)/lite0_160px_stage1.json" \
 	  --candidate "Lite0 128 px, +1 epoch from stage 1=$(CANDIDATES)/lite0_128px.json" \
 	  --choice-file $(CANDIDATES)/choice.md --out trained_model/MODEL_CARD.md
+
+# Zero-downtime model swap: replace $(BUNDLE) (or the file the server's --model names) with the new bundle, then
+# `make reload`: its ONNX graph is exported here first, then every worker loads it in place (serving/swap.py);
+# a bad bundle is refused and the old one keeps serving. Rollback: put the old file back, `make reload` again.
+reload: engine
+	$(PY) -m serving.reload --url http://127.0.0.1:$(API_PORT)
 
 smoke: deps  ## flask_test.py against a server already running on API_PORT
 	$(PY) flask_test.py --url http://127.0.0.1:$(API_PORT)

@@ -12,7 +12,6 @@ import os
 import runpy
 import threading
 import time
-from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,10 @@ from flask import Flask, Response, current_app, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from inference import DEFAULT_BUNDLE_PATH, InvalidImage, MicroBatcher, ModelBundle, QueueFull, decode_image, load_bundle
-from inference.predict import preprocess
+from inference import DEFAULT_BUNDLE_PATH, InvalidImage, MicroBatcher, ModelBundle, decode_image, load_bundle
+from inference.predict import explain_prediction, preprocess
 from model.verdict import NOT_A_TOMATO_LEAF
+from serving import kserve_v2
 from serving.auth import token_from_environment, token_matches, validate_token
 from serving.errors import IMAGE_ERROR_STATUS, ApiError
 from serving.feedback import FeedbackStore, FeedbackStoreFull
@@ -31,6 +31,8 @@ from serving.http_errors import register as register_http_layer_errors
 from serving.metrics import create_metrics
 from serving.multipart import ApiRequest
 from serving.openapi import openapi_spec
+from serving.swap import ModelSwapper, served_versions
+from serving.scoring import count_answers, parse_flag, submit, wait_all
 from serving.uploads import read_uploads
 from serving.workers import announce_if_all_ready, mark_ready, ready_workers
 
@@ -64,40 +66,56 @@ class ServiceState:
 
     def __init__(self, app: Flask) -> None:
         self.config = app.config
-        self.bundle: ModelBundle | None = None
-        self.batcher: MicroBatcher | None = None
+        self.serving: tuple[ModelBundle, MicroBatcher] | None = None  # replaced as one by a model swap
         self.load_error: str | None = None
         self.ready = threading.Event()
         self.metrics = create_metrics()
         self.feedback = FeedbackStore(Path(app.config["FEEDBACK_DIR"]), max_items=int(app.config["FEEDBACK_MAX_ITEMS"]),
                                       max_bytes=int(app.config["FEEDBACK_MAX_BYTES"]))
+        # SIGHUP (relayed by gunicorn's master) loads MODEL_PATH again without a failed request (serving/swap.py)
+        self.swapper = ModelSwapper(self, grace_s=float(app.config["REQUEST_TIMEOUT_S"]) + 30.0)
+
+    @property
+    def bundle(self) -> ModelBundle | None:
+        return self.serving[0] if self.serving else None
+
+    @property
+    def batcher(self) -> MicroBatcher | None:
+        return self.serving[1] if self.serving else None
 
     def load(self) -> None:
         try:
             threads = int(self.config["TORCH_THREADS"]) or os.cpu_count() or 1
             torch.set_num_threads(threads)
-            self.bundle = load_bundle(self.config["MODEL_PATH"], device=self.config["DEVICE"], warmup=True,
-                                      backend=str(self.config["BACKEND"]), threads=threads)
-            self.batcher = MicroBatcher(
-                self.bundle,
-                max_batch_size=int(self.config["MAX_BATCH_SIZE"]),
-                max_wait_ms=float(self.config["BATCH_WAIT_MS"]),
-                max_queue=int(self.config["MAX_QUEUE"]),
-                on_batch=self.observe_batch,
-            )
+            bundle = load_bundle(self.config["MODEL_PATH"], device=self.config["DEVICE"], warmup=True,
+                                 backend=str(self.config["BACKEND"]), threads=threads)
+            self.activate(bundle)
             # Move everything loaded so far (torch, ONNX Runtime, the model: ~380,000 objects) out of the garbage
             # collector's reach: a full collection then scans only what requests create, about 1 ms instead of
             # a ~220 ms pause that stalls every request thread of this worker (BENCHMARKS.md).
             gc.collect()
             gc.freeze()
-            self.ready.set()
             run_dir = Path(self.config["RUN_DIR"]) if self.config["RUN_DIR"] else None
-            if run_dir:
-                mark_ready(run_dir)
-            announce_if_all_ready(run_dir, int(self.config["WORKERS"]), self.bundle.describe())
+            announce_if_all_ready(run_dir, int(self.config["WORKERS"]), bundle.describe())
         except Exception as exc:  # reported by /readyz and every /predict instead of crashing the worker
             self.load_error = f"{type(exc).__name__}: {exc}"
             raise
+
+    def activate(self, bundle: ModelBundle) -> None:
+        """Serve `bundle` from now on: its own batcher, then one assignment that every new request sees whole."""
+        batcher = MicroBatcher(
+            bundle,
+            max_batch_size=int(self.config["MAX_BATCH_SIZE"]),
+            max_wait_ms=float(self.config["BATCH_WAIT_MS"]),
+            max_queue=int(self.config["MAX_QUEUE"]),
+            on_batch=self.observe_batch,
+        )
+        self.serving = (bundle, batcher)
+        self.load_error = None
+        self.ready.set()
+        if self.config["RUN_DIR"]:
+            mark_ready(Path(self.config["RUN_DIR"]))
+        self.swapper.publish()
 
     def observe_batch(self, size: int, seconds: float) -> None:
         """Called by the batcher after each forward."""
@@ -114,10 +132,12 @@ class ServiceState:
         return ready_workers(Path(self.config["RUN_DIR"])), int(self.config["WORKERS"])
 
     def require_ready(self) -> tuple[ModelBundle, MicroBatcher]:
-        if not self.ready.is_set() or self.bundle is None or self.batcher is None:
+        """The (bundle, batcher) pair every request uses from start to end, even while a swap lands."""
+        serving = self.serving
+        if not self.ready.is_set() or serving is None:
             reason = f"model failed to load: {self.load_error}" if self.load_error else "model is still loading"
             raise ApiError(503, "not_ready", reason, {"Retry-After": "2"})
-        return self.bundle, self.batcher
+        return serving
 
 
 def state() -> ServiceState:
@@ -174,7 +194,8 @@ def register_routes(app: Flask) -> None:
             endpoints={"POST /predict": "classify one or more leaf photos", "POST /feedback": "report a wrong answer",
                        "GET /v1/model": "model card summary", "GET /livez": "process alive",
                        "GET /readyz": "model loaded and warm", "GET /metrics": "Prometheus metrics",
-                       "GET /openapi.json": "OpenAPI 3 description"},
+                       "GET /openapi.json": "OpenAPI 3 description",
+                       "POST /v2/models/<name>/infer": "Open Inference Protocol (KServe v2); GET /v2 for the rest"},
         )
 
     @app.get("/livez")
@@ -188,7 +209,8 @@ def register_routes(app: Flask) -> None:
         if warm < expected:
             raise ApiError(503, "not_ready", f"{warm} of {expected} worker processes have their model warm",
                            {"Retry-After": "2"})
-        return jsonify(status="ready", workers=expected, model=bundle.describe())
+        return jsonify(status="ready", workers=expected, model=bundle.describe(),
+                       models=served_versions(state().swapper.all_records()))
 
     @app.get("/v1/model")
     def model_info() -> Response:
@@ -211,13 +233,15 @@ def register_routes(app: Flask) -> None:
     @app.get("/openapi.json")
     def openapi() -> Response:
         bundle = state().bundle
-        return jsonify(openapi_spec(bundle.class_names if bundle else None, int(current_app.config["MAX_FILES"])))
+        return jsonify(openapi_spec(bundle.class_names if bundle else None, int(current_app.config["MAX_FILES"]),
+                                    (bundle.name, bundle.version) if bundle else None))
 
     @app.post("/predict")
     def predict() -> Response:
         check_token()
         bundle, batcher = state().require_ready()
         top_k = parse_top_k(bundle)
+        explain = parse_flag("explain", request.args.get("explain"))
         uploads = read_uploads(request, int(current_app.config["MAX_FILES"]))
         decode_started = time.perf_counter()
         tensors, decode_ms, errors = [], [], {}  # errors: upload index -> why that file could not be used
@@ -233,34 +257,23 @@ def register_routes(app: Flask) -> None:
                 decode_ms.append((time.perf_counter() - started) * 1000)
             if not tensors:
                 raise none_usable(uploads, errors)
-            try:
-                futures = batcher.submit_many(tensors, top_k, announcement)
-            except QueueFull as exc:
-                raise ApiError(429, "overloaded", f"server is busy ({exc}); retry shortly",
-                               {"Retry-After": "1"}) from None
+            futures = submit(batcher, tensors, top_k, announcement, explain)
         state().update_queue_depth()
-        deadline = decode_started + float(current_app.config["REQUEST_TIMEOUT_S"])
-        results = []
-        try:
-            for future in futures:
-                results.append(future.result(timeout=max(0.0, deadline - time.perf_counter())))
-        except FutureTimeout:
-            for future in futures:
-                future.cancel()
-            raise ApiError(504, "timeout", "the model did not answer within the request deadline") from None
-        state().metrics.images.inc(len(results))
-        for result in results:
-            state().metrics.verdicts.labels(result.prediction.verdict).inc()
-        answered = iter(zip(results, decode_ms))
+        results = wait_all(futures, decode_started + float(current_app.config["REQUEST_TIMEOUT_S"]))
+        count_answers(state().metrics, results)
+        answered = iter(zip(results, decode_ms, tensors))
         predictions = []
         for index, upload in enumerate(uploads):  # upload order, a bad file's error object in its place
             if index in errors:
                 predictions.append(image_error(upload, errors[index]))
                 continue
-            result, d = next(answered)
+            result, d, tensor = next(answered)
+            prediction = result.prediction
+            if result.cam is not None:  # the overlay is drawn here, in the request thread, not in the batcher's
+                prediction = explain_prediction(bundle, prediction, tensor, result.cam)
             predictions.append({
                 "filename": upload.filename,
-                **result.prediction.to_dict(),
+                **prediction.to_dict(),
                 "batch_size": result.batch_size,
                 "timing_ms": {"decode": round(d, 2), "queue": round(result.queue_ms, 2),
                               "inference": round(result.inference_ms, 2)},
@@ -343,6 +356,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     register_http_layer_errors(app)  # gunicorn's parser errors met while reading a body: 400
     register_metrics_hooks(app)
     register_routes(app)
+    app.register_blueprint(kserve_v2.blueprint)  # the Open Inference Protocol (KServe v2) under /v2
     if app.config["LOAD_IN_BACKGROUND"]:
         threading.Thread(target=service.load, name="model-loader", daemon=True).start()
     else:

@@ -8,7 +8,7 @@ same server: one process per core by default, each loading its model after the f
 import os
 
 from inference.bundle import resolve_device
-from serving import http_errors, memory
+from serving import http_errors, memory, swap
 from serving import workers as _workers
 from serving.auth import InvalidToken, token_from_environment
 
@@ -37,6 +37,7 @@ def on_starting(arbiter) -> None:
     except InvalidToken as exc:
         raise SystemExit(f"refusing to start: {exc}") from None
     _workers.on_starting(arbiter)
+    swap.install_master(arbiter)  # HUP: every worker swaps its model in place, no request fails (serving/swap.py)
 
 
 # Memory a big request took goes back to the system (serving/memory.py); TOMATO_MEMORY_GUARD=off to compare.
@@ -48,8 +49,14 @@ def post_fork(arbiter, worker) -> None:
     """Each worker: gunicorn's own 400/414/431 answers (requests it cannot parse) in JSON, like every other error;
     bounded malloc arenas and a fixed mmap threshold."""
     http_errors.install()
+    swap.ignore_until_ready(worker)
     if MEMORY_GUARD:
         memory.tune_malloc()
+
+
+def post_worker_init(worker) -> None:
+    """Each worker, app loaded: SIGHUP now swaps the model in place."""
+    swap.install_worker(worker)
 
 
 def post_request(worker, req, environ, resp) -> None:
@@ -58,5 +65,10 @@ def post_request(worker, req, environ, resp) -> None:
         _memory_guard.after_request()
 
 
-child_exit = _workers.child_exit
+def child_exit(arbiter, worker) -> None:
+    _workers.child_exit(arbiter, worker)
+    if os.environ.get(_workers.RUN_DIR_ENV):
+        swap.forget_worker(os.environ[_workers.RUN_DIR_ENV], worker.pid)
+
+
 on_exit = _workers.on_exit

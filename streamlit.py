@@ -17,6 +17,8 @@ Environment (all optional):
 """
 from __future__ import annotations
 
+import base64
+
 import io
 import json
 import logging
@@ -243,10 +245,13 @@ def fetch_model_info(base_url: str) -> dict[str, Any]:
 
 
 def predict(base_url: str, images: list[ImageFile], top_k: int, timeout_s: float) -> dict[str, Any]:
-    """POST /predict with every image of one submit as a `file` part: one request, one batch on the server."""
+    """POST /predict with every image of one submit as a `file` part: one request, one batch on the server. With
+    `explain=true`: each answer carries the overlay the "Show where the model looked" toggle shows without asking
+    the API again (the map comes from the same forward; the overlay costs the server a few per cent)."""
     files = [("file", (image.name, image.data, image.mime)) for image in images]
     name = images[0].name if len(images) == 1 else "One of the photos"
-    return call_api("POST", base_url, "/predict", timeout_s, name=name, params={"top_k": top_k}, files=files)
+    return call_api("POST", base_url, "/predict", timeout_s, name=name,
+                    params={"top_k": top_k, "explain": "true"}, files=files)
 
 
 def send_feedback(base_url: str, image: ImageFile, correct_class: str, predicted_class: str | None,
@@ -513,6 +518,8 @@ def result_ui(settings: Settings, names: dict[str, str], info: dict[str, Any], r
         left, right = st.columns([1, 2], gap="medium")
         with left:
             preview_ui(result.image)
+            if result.prediction is not None:
+                explanation_ui(result.prediction, key)
         with right:
             prediction = result.prediction
             if prediction is None:
@@ -526,6 +533,17 @@ def result_ui(settings: Settings, names: dict[str, str], info: dict[str, Any], r
             else:
                 diagnosed_ui(info, prediction)
             feedback_ui(settings, names, result.image, prediction, key)
+
+
+def explanation_ui(prediction: dict[str, Any], key: str) -> None:
+    """A toggle that shows where the model looked: the API's class-activation overlay on the photo as it saw it."""
+    explanation = prediction.get("explanation") or {}
+    if not explanation.get("overlay_png"):
+        return
+    if st.toggle("Show where the model looked", key=f"{key}-explain"):
+        name = explanation.get("class_name", prediction.get("class_name", "?"))
+        st.image(base64.b64decode(explanation["overlay_png"]), width="stretch",
+                 caption=f"Red: what spoke most for {name.replace('_', ' ')} (centre crop the model saw)")
 
 
 def diagnosed_ui(info: dict[str, Any], prediction: dict[str, Any]) -> None:

@@ -1,11 +1,13 @@
 """Offline bulk scoring: `python -m inference.batch FOLDER --out results.csv`.
 
 Scores every file under FOLDER in batches; a file that is not a usable image gets a row with the
-reason instead of stopping the run.
+reason instead of stopping the run. `--explain-dir DIR` also saves, per image, where the model looked (the
+class-activation map over the photo as the network saw it, inference/explain.py) as DIR/<file>.png.
 """
 from __future__ import annotations
 
 import argparse
+import base64
 import csv
 import sys
 from pathlib import Path
@@ -29,9 +31,16 @@ def iter_files(folder: Path) -> Iterator[Path]:
             yield path
 
 
+def save_overlay(explain_dir: Path, name: str, overlay_b64: str) -> None:
+    target = explain_dir / Path(name).with_suffix(".png")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(base64.b64decode(overlay_b64))
+
+
 def score_folder(folder: Path, out: Path, model: Path = DEFAULT_BUNDLE_PATH, batch_size: int = 32, top_k: int = 3,
-                 device: str | None = None) -> dict[str, int]:
-    """Write one CSV row per file; returns counts of ok and error rows."""
+                 device: str | None = None, explain_dir: Path | None = None) -> dict[str, int]:
+    """Write one CSV row per file (and an overlay PNG per image into `explain_dir`); returns counts of ok and
+    error rows."""
     bundle = load_bundle(model, device=device)
     files = list(iter_files(folder))
     counts = {"ok": 0, "error": 0, **dict.fromkeys(VERDICTS, 0)}
@@ -49,7 +58,9 @@ def score_folder(folder: Path, out: Path, model: Path = DEFAULT_BUNDLE_PATH, bat
                 except (InvalidImage, OSError) as exc:
                     writer.writerow({"file": name, "status": "error", "error": str(exc)})
                     counts["error"] += 1
-            for name, pred in zip(good, predict(bundle, images, top_k)):
+            for name, pred in zip(good, predict(bundle, images, top_k, explain=explain_dir is not None)):
+                if explain_dir is not None:
+                    save_overlay(explain_dir, name, pred.explanation["overlay_png"])
                 top = ";".join(f"{s.class_name}:{s.probability:.4f}" for s in pred.top_k)
                 writer.writerow({"file": name, "status": "ok", "verdict": pred.verdict,
                                  "leaf_score": f"{pred.leaf_score:.4f}", "verdict_reason": pred.verdict_reason or "",
@@ -69,10 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA if available)")
+    parser.add_argument("--explain-dir", type=Path, default=None,
+                        help="also save where the model looked, one PNG overlay per image, into this folder")
     args = parser.parse_args(argv)
     if not args.folder.is_dir():
         parser.error(f"{args.folder} is not a folder")
-    counts = score_folder(args.folder, args.out, args.model, args.batch_size, args.top_k, args.device)
+    counts = score_folder(args.folder, args.out, args.model, args.batch_size, args.top_k, args.device,
+                          args.explain_dir)
     print(f"scored {counts['ok']} images ({counts['diagnosed']} diagnosed, {counts['uncertain']} uncertain, "
           f"{counts['not_tomato_leaf']} not a tomato leaf), {counts['error']} unreadable files -> {args.out}")
     return 0

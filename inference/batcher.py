@@ -25,12 +25,17 @@ class QueueFull(RuntimeError):
     """The batcher's queue is at its bound: the caller should answer 429 and ask the client to retry."""
 
 
+class BatcherStopped(RuntimeError):
+    """The batcher was stopped (its model was swapped out long ago): the caller should answer 503 and retry."""
+
+
 @dataclass(frozen=True)
 class BatchedResult:
     prediction: Prediction
     queue_ms: float  # time between submit and the start of the forward that included this image
     inference_ms: float  # duration of that forward (shared by every image of the batch)
     batch_size: int
+    cam: torch.Tensor | None = None  # (h, w) class-activation map of the top class, when the job asked for it
 
 
 @dataclass
@@ -39,6 +44,7 @@ class _Job:
     top_k: int
     future: Future
     submitted: float
+    explain: bool = False
 
 
 BatchObserver = Callable[[int, float], None]  # (batch size, forward seconds), e.g. for Prometheus
@@ -99,17 +105,18 @@ class MicroBatcher:
         return self.submit_many([tensor], top_k)[0]
 
     def submit_many(self, tensors: list[torch.Tensor], top_k: int = 3,
-                    announcement: Announcement | None = None) -> list[Future]:
+                    announcement: Announcement | None = None, explain: bool = False) -> list[Future]:
         """Queue the images of one request together, or none of them: a request that does not fit takes no
-        room from the others. Raises `QueueFull` at once instead of waiting for room."""
+        room from the others. Raises `QueueFull` at once instead of waiting for room. `explain`: the results carry
+        class-activation maps (the forward of their batch also returns the feature map)."""
         with self._lock:  # only submitters add, so the room checked here is still there below
             if self._stopped.is_set():
-                raise RuntimeError("batcher is stopped")
+                raise BatcherStopped("batcher is stopped")
             room = self._queue.maxsize - self._queue.qsize()
             if len(tensors) > room:
                 raise QueueFull(f"{self._queue.qsize()} of {self._queue.maxsize} queue places are taken")
             now = time.perf_counter()
-            jobs = [_Job(tensor, top_k, Future(), now) for tensor in tensors]
+            jobs = [_Job(tensor, top_k, Future(), now, explain) for tensor in tensors]
             for job in jobs:
                 self._queue.put_nowait(job)
             if announcement is not None:  # queued first, then settled: _gather never sees 0 with jobs unqueued
@@ -159,12 +166,14 @@ class MicroBatcher:
                 continue
             started = time.perf_counter()
             try:
-                scores = forward(self.bundle, torch.stack([j.tensor for j in jobs]))
+                explain = any(j.explain for j in jobs)  # one forward either way; plain batches stay plain
+                scores = forward(self.bundle, torch.stack([j.tensor for j in jobs]), explain)
                 elapsed = time.perf_counter() - started
                 for i, job in enumerate(jobs):
                     prediction = postprocess(self.bundle, scores.row(i), job.top_k)[0]
+                    cam = scores.cams[i] if job.explain and scores.cams is not None else None
                     job.future.set_result(
-                        BatchedResult(prediction, (started - job.submitted) * 1000, elapsed * 1000, len(jobs))
+                        BatchedResult(prediction, (started - job.submitted) * 1000, elapsed * 1000, len(jobs), cam)
                     )
                 if self.on_batch:
                     self.on_batch(len(jobs), elapsed)

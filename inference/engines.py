@@ -18,6 +18,8 @@ from typing import Callable, Protocol
 import torch
 from torch import nn
 
+from inference.explain import WithFeatures, forward_with_features
+
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "eager", "onnxruntime")
@@ -25,11 +27,14 @@ PROBE_ATOL = 1e-3  # logits: eager vs ONNX Runtime differ by ~1e-6 in practice; 
 
 
 class Engine(Protocol):
-    """batch (N, 3, H, W) float tensor on the bundle's device -> logits (N, classes) float tensor."""
+    """batch (N, 3, H, W) float tensor on the bundle's device -> logits (N, classes) float tensor; `explain` also
+    returns the last feature map (N, C_head, h, w) of the same forward, for class-activation maps."""
 
     name: str
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor: ...
+
+    def explain(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class EagerEngine:
@@ -46,6 +51,10 @@ class EagerEngine:
         with torch.inference_mode():
             return self.network(batch.contiguous(memory_format=self.memory_format))
 
+    def explain(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            return forward_with_features(self.network, batch.contiguous(memory_format=self.memory_format))
+
 
 class OnnxRuntimeEngine:
     """An ONNX Runtime CPU session; one C++ call per batch, with the GIL released."""
@@ -56,8 +65,15 @@ class OnnxRuntimeEngine:
         self.session = session
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """Asks for the logits only: the feature map is an intermediate of that graph anyway, so a forward without
+        explanation costs what it did when the graph had one output (bench/explain_cost.py)."""
         array = batch.detach().to("cpu", torch.float32).contiguous().numpy()
         return torch.from_numpy(self.session.run(["logits"], {"images": array})[0])
+
+    def explain(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        array = batch.detach().to("cpu", torch.float32).contiguous().numpy()
+        logits, features = self.session.run(["logits", "features"], {"images": array})
+        return torch.from_numpy(logits), torch.from_numpy(features)
 
 
 def default_cache_dir() -> Path:
@@ -68,12 +84,13 @@ def default_cache_dir() -> Path:
 
 
 def export_onnx(network: nn.Module, path: Path, image_size: int) -> Path:
-    """Write `network` as ONNX with a dynamic batch axis (input "images", output "logits"); the module is untouched."""
-    network = copy.deepcopy(network).to("cpu", memory_format=torch.contiguous_format).eval()
+    """Write `network` as ONNX with a dynamic batch axis: input "images", outputs "logits" and "features" (the last
+    feature map, for class-activation maps: inference/explain.py); the module is untouched."""
+    network = WithFeatures(copy.deepcopy(network).to("cpu", memory_format=torch.contiguous_format)).eval()
     example = torch.zeros(2, 3, image_size, image_size)
     batch = torch.export.Dim("batch", min=1, max=1024)
     program = torch.onnx.export(
-        network, (example,), None, input_names=["images"], output_names=["logits"],
+        network, (example,), None, input_names=["images"], output_names=["logits", "features"],
         dynamic_shapes=({0: batch},), dynamo=True, optimize=True, verbose=False,
     )
     program.save(str(path))
@@ -95,7 +112,8 @@ def ort_session(path: Path, threads: int, spin: bool = False):
 
 
 def cached_onnx_path(cache_dir: Path, bundle_sha256: str, image_size: int) -> Path:
-    return cache_dir / f"{bundle_sha256[:32]}-{image_size}px-torch{torch.__version__.split('+')[0]}.onnx"
+    # "-cam": the graph with the feature-map output; a cached one-output graph of an older release is not reused
+    return cache_dir / f"{bundle_sha256[:32]}-{image_size}px-cam-torch{torch.__version__.split('+')[0]}.onnx"
 
 
 def build_onnx_engine(network: nn.Module, bundle_sha256: str, image_size: int, threads: int,
@@ -129,17 +147,22 @@ def build_onnx_engine(network: nn.Module, bundle_sha256: str, image_size: int, t
     return engine
 
 
-def check_agrees(engine: Callable[[torch.Tensor], torch.Tensor], network: nn.Module, image_size: int) -> None:
-    """Raise unless `engine` gives eager's logits on a fixed probe batch of two images."""
+def check_agrees(engine: Engine, network: nn.Module, image_size: int) -> None:
+    """Raise unless `engine` gives eager's logits and feature map (explanations) on a fixed probe batch of two
+    images."""
     generator = torch.Generator().manual_seed(1234)
     probe = torch.randn(2, 3, image_size, image_size, generator=generator)
     device = next(network.parameters()).device
     with torch.inference_mode():
-        expected = network(probe.to(device).contiguous(memory_format=torch.channels_last)).float().cpu()
-    got = engine(probe).float().cpu()
-    if got.shape != expected.shape or not torch.allclose(got, expected, atol=PROBE_ATOL, rtol=0):
-        diff = (got - expected).abs().max().item() if got.shape == expected.shape else float("nan")
-        raise RuntimeError(f"{engine.name} disagrees with eager PyTorch on the probe batch (max |diff| {diff:.3g})")
+        expected = forward_with_features(network, probe.to(device).contiguous(memory_format=torch.channels_last))
+    got_logits = engine(probe)
+    got = (got_logits, engine.explain(probe)[1])
+    for what, value, reference in zip(("logits", "feature map"), got, expected):
+        value, reference = value.float().cpu(), reference.float().cpu()
+        if value.shape != reference.shape or not torch.allclose(value, reference, atol=PROBE_ATOL, rtol=0):
+            diff = (value - reference).abs().max().item() if value.shape == reference.shape else float("nan")
+            raise RuntimeError(f"{engine.name} disagrees with eager PyTorch on the probe batch's {what} "
+                               f"(max |diff| {diff:.3g})")
 
 
 def onnxruntime_available() -> bool:

@@ -1,13 +1,14 @@
 """The three named steps: preprocess (image -> tensor), forward (batch -> logits), postprocess (-> plain Python)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import torch
 from PIL import Image
 
 from inference.bundle import ModelBundle
+from inference.explain import class_activation_maps, class_weights, explanation
 from model.verdict import decide, image_statistics, leaf_scores
 
 
@@ -34,6 +35,7 @@ class Prediction:
     verdict: str = "diagnosed"
     leaf_score: float = 1.0  # 0..1: how much the image looks like the tomato-leaf photos the model knows
     verdict_reason: str | None = None
+    explanation: dict[str, Any] | None = None  # only when asked for (inference/explain.py)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (built by hand: `dataclasses.asdict` deep-copies every value, once per response)."""
@@ -47,6 +49,7 @@ class Prediction:
             "verdict": self.verdict,
             "leaf_score": self.leaf_score,
             "verdict_reason": self.verdict_reason,
+            **({"explanation": self.explanation} if self.explanation is not None else {}),
         }
 
 
@@ -57,25 +60,36 @@ def preprocess(bundle: ModelBundle, image: Image.Image) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Scores:
-    """What one forward yields for a batch, on the CPU: calibrated class probabilities (N, C), leaf scores (N,)
-    and the input statistics the verdict checks (N, 3)."""
+    """What one forward yields for a batch, on the CPU: calibrated class probabilities (N, C), leaf scores (N,),
+    the input statistics the verdict checks (N, 3) and, when explanations were asked for, the top class's
+    class-activation map (N, h, w)."""
 
     probabilities: torch.Tensor
     leaf_scores: torch.Tensor
     statistics: torch.Tensor
+    cams: torch.Tensor | None = None
 
     def row(self, i: int) -> "Scores":
-        return Scores(self.probabilities[i : i + 1], self.leaf_scores[i : i + 1], self.statistics[i : i + 1])
+        cams = None if self.cams is None else self.cams[i : i + 1]
+        return Scores(self.probabilities[i : i + 1], self.leaf_scores[i : i + 1], self.statistics[i : i + 1], cams)
 
 
-def forward(bundle: ModelBundle, batch: torch.Tensor) -> Scores:
-    """One forward pass on the bundle's device; the verdict's inputs come from the same pass."""
-    outputs = bundle.engine(batch.to(bundle.device, non_blocking=True))
+def forward(bundle: ModelBundle, batch: torch.Tensor, explain: bool = False) -> Scores:
+    """One forward pass on the bundle's device; the verdict's inputs come from the same pass, and so does the
+    feature map of the explanations when `explain` (without it, the forward is exactly the plain one)."""
+    batch_on_device = batch.to(bundle.device, non_blocking=True)
+    if explain:
+        outputs, features = bundle.engine.explain(batch_on_device)
+    else:
+        outputs, features = bundle.engine(batch_on_device), None
     with torch.inference_mode():
         outputs = outputs.float().cpu()
         probabilities = torch.softmax(outputs[:, : len(bundle.class_names)] / bundle.temperature, dim=1)
+        cams = None
+        if features is not None:
+            cams = class_activation_maps(features.float().cpu(), class_weights(bundle.network), probabilities.argmax(1))
         return Scores(probabilities, leaf_scores(bundle.verdict_rule, outputs, len(bundle.class_names), probabilities),
-                      image_statistics(batch.cpu(), bundle.preprocess.mean, bundle.preprocess.std))
+                      image_statistics(batch.cpu(), bundle.preprocess.mean, bundle.preprocess.std), cams)
 
 
 def postprocess(bundle: ModelBundle, scores: Scores, top_k: int = 3) -> list[Prediction]:
@@ -101,9 +115,21 @@ def postprocess(bundle: ModelBundle, scores: Scores, top_k: int = 3) -> list[Pre
     return results
 
 
-def predict(bundle: ModelBundle, images: Sequence[Image.Image], top_k: int = 3) -> list[Prediction]:
-    """Classify RGB images with ONE batched forward."""
+def explain_prediction(bundle: ModelBundle, prediction: Prediction, tensor: torch.Tensor, cam: torch.Tensor,
+                       overlay: bool = True) -> Prediction:
+    """`prediction` with its `explanation` (grid, shape, overlay PNG) for the preprocessed `tensor`."""
+    return replace(prediction, explanation=explanation(tensor, cam, prediction.class_name, bundle.preprocess.mean,
+                                                       bundle.preprocess.std, overlay))
+
+
+def predict(bundle: ModelBundle, images: Sequence[Image.Image], top_k: int = 3,
+            explain: bool = False) -> list[Prediction]:
+    """Classify RGB images with ONE batched forward; `explain` adds each image's class-activation map."""
     if not images:
         return []
     batch = torch.stack([preprocess(bundle, image) for image in images])
-    return postprocess(bundle, forward(bundle, batch), top_k)
+    scores = forward(bundle, batch, explain)
+    predictions = postprocess(bundle, scores, top_k)
+    if scores.cams is not None:
+        predictions = [explain_prediction(bundle, p, t, c) for p, t, c in zip(predictions, batch, scores.cams)]
+    return predictions

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from model.verdict import NOT_A_TOMATO_LEAF, REASONS, VERDICTS
+from serving.openapi_v2 import v2_components, v2_paths
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -21,8 +22,10 @@ def _json(description: str, schema: dict[str, Any] | None = None) -> dict[str, A
     return {"description": description, "content": {"application/json": {"schema": schema or {"type": "object"}}}}
 
 
-def openapi_spec(class_names: list[str] | None = None, max_files: int = 16) -> dict[str, Any]:
-    """`class_names`: the loaded model's classes (None while it loads: the class fields are then plain strings)."""
+def openapi_spec(class_names: list[str] | None = None, max_files: int = 16,
+                 model: tuple[str, str] | None = None) -> dict[str, Any]:
+    """`class_names`: the loaded model's classes (None while it loads: the class fields are then plain strings);
+    `model`: its (name, version), the only values the /v2 model paths take."""
     score = {
         "type": "object",
         "properties": {"class_name": {"type": "string"}, "display_name": {"type": "string"},
@@ -112,6 +115,7 @@ def openapi_spec(class_names: list[str] | None = None, max_files: int = 16) -> d
                         "code": {"type": "string"}, "message": {"type": "string"}}, "required": ["code", "message"]}},
                     "required": ["filename", "error"],
                 },
+                **v2_components(),
             },
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"},
                                 "apiToken": {"type": "apiKey", "in": "header", "name": "X-API-Token"}},
@@ -128,7 +132,10 @@ def openapi_spec(class_names: list[str] | None = None, max_files: int = 16) -> d
             "/openapi.json": {"get": {"summary": "This document", "responses": {"200": _json("OpenAPI 3 document")}}},
             "/predict": {"post": {
                 "summary": "Classify one or several leaf photos (one batched forward)",
-                "parameters": [{"name": "top_k", "in": "query", "schema": top_k}],
+                "parameters": [{"name": "top_k", "in": "query", "schema": top_k},
+                               {"name": "explain", "in": "query", "schema": {"type": "boolean"},
+                                "description": "true: each prediction gets an `explanation` (class-activation map "
+                                               "grid, its shape and a PNG overlay as base64)"}],
                 "requestBody": {"required": True, "content": predict_body},
                 "security": [{}, {"bearer": []}, {"apiToken": []}],  # only when TOMATO_API_TOKEN is set
                 "responses": {
@@ -152,5 +159,6 @@ def openapi_spec(class_names: list[str] | None = None, max_files: int = 16) -> d
                                                                                     "stored": {"type": "boolean"}}}),
                               **_errors(400, 401, 413, 415, 503, 507)},
             }},
+            **v2_paths(*(model or (None, None)), max_files),
         },
     }

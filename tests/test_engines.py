@@ -9,6 +9,7 @@ from support import class_of, sample_files
 from inference import decode_image, load_bundle
 from inference.engines import build_engine, cached_onnx_path, check_agrees, export_onnx
 from inference.predict import forward, preprocess
+from model.network import NetworkConfig, build_network
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,8 @@ def test_damaged_cache_file_is_rebuilt(tiny_bundle_path, tmp_path):
 
 def test_cache_file_of_another_model_is_not_trusted(tiny_bundle_path, tmp_path):
     bundle = load_bundle(tiny_bundle_path, device="cpu", backend="onnxruntime", cache_dir=tmp_path)
-    other = torch.nn.Sequential(torch.nn.Conv2d(3, 10, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
+    torch.manual_seed(99)  # the same architecture with other weights: the file of another model
+    other = build_network(NetworkConfig(num_classes=len(bundle.class_names))).eval()
     with pytest.raises(RuntimeError, match="disagrees with eager"):
         check_agrees(bundle.engine, other, 64)
     # the same check guards the cache: a file exported from different weights is replaced

@@ -126,4 +126,8 @@ def test_missing_bundle_file_is_a_clear_error(tmp_path):
 
 def test_prediction_dict_has_every_field(shipped_bundle, samples):
     prediction = predict(shipped_bundle, [samples[0][1]], top_k=3)[0]
-    assert prediction.to_dict() == dataclasses.asdict(prediction)  # the hand-built dict must not drop a field
+    expected = dataclasses.asdict(prediction)
+    assert expected.pop("explanation") is None  # only in answers that asked for it (?explain=true)
+    assert prediction.to_dict() == expected  # the hand-built dict must not drop a field
+    explained = predict(shipped_bundle, [samples[0][1]], top_k=3, explain=True)[0]
+    assert explained.to_dict() == dataclasses.asdict(explained)

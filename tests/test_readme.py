@@ -42,8 +42,9 @@ def test_curl_example(shipped_server, command):
         assert [p["class_name"] for p in answer["predictions"]] == expected
 
 
-@pytest.mark.parametrize("block, printed", zip(code_blocks("python"), [r"diagnosed Late blight (0\.\d+|1\.0)", r"Bacterial spot 0\.\d+|Bacterial spot 1\.0"]),
-                         ids=["python-inprocess", "python-requests"])
+@pytest.mark.parametrize("block, printed", zip(code_blocks("python"), [r"diagnosed Late blight (0\.\d+|1\.0)", r"Bacterial spot 0\.\d+|Bacterial spot 1\.0",
+                                                      r"Late_blight"]),
+                         ids=["python-inprocess", "python-requests", "python-tritonclient"])
 def test_python_example(shipped_server, block, printed):
     result = subprocess.run([sys.executable, "-c", block.replace(DEFAULT_URL, shipped_server.url)], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)

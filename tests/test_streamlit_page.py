@@ -247,6 +247,19 @@ def test_sample_picker_checks_a_leaf_with_one_click(monkeypatch, tiny_server):
     assert values(at.main.subheader)[0] == "Results for 1 photo"
 
 
+def test_show_where_the_model_looked_toggles_the_overlay(monkeypatch, tiny_server):
+    at = open_page(monkeypatch, tiny_server.url)
+    at.button(key="sample-Septoria_leaf_spot_2").click().run()
+    assert_no_page_failure(at)
+    toggles = [t for t in at.toggle if t.label == "Show where the model looked"]
+    assert len(toggles) == 1 and toggles[0].value is False
+    assert image_captions(at) == ["Septoria_leaf_spot_2.jpg"]
+    toggles[0].set_value(True).run()
+    assert_no_page_failure(at)
+    captions = image_captions(at)
+    assert len(captions) == 2 and captions[1].startswith("Red: what spoke most for")
+
+
 def test_a_low_confidence_guess_is_not_sure_without_treatment_advice(monkeypatch, legacy_tiny_bundle_path,
                                                                     start_server):
     """A random 10-class model saved as a 1.x bundle is never sure (about 0.1): the API's default rule answers

@@ -1,0 +1,111 @@
+"""Class-activation maps: where the model looked, from the same forward that classified the image.
+
+The network ends in global-average-pool -> linear, so a class's logit is the spatial mean of the last feature map
+weighted by that class's classifier row. Weighting each location instead of the mean gives the class-activation map
+(CAM) for free: the engines return the feature map as a second output of the one forward (no backward pass, no
+extra forwards), and the classifier weights are read from the loaded bundle, never hard-coded.
+Faithfulness is measured by a deletion test (bench/explain_faithfulness.py, docs/explanations.md).
+"""
+from __future__ import annotations
+
+import base64
+import struct
+import zlib
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+OVERLAY_ALPHA = 0.45  # heat over the photo: enough to read the colour, little enough to still see the lesions
+
+
+def forward_with_features(network: nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(outputs, last feature map (N, C_head, h, w)) of the bundle's network; outputs exactly as `network(batch)`."""
+    feature_map = network.head(network.blocks(network.stem(batch)))
+    return network.head_outputs(network.pool(feature_map).flatten(1)), feature_map
+
+
+class WithFeatures(nn.Module):
+    """The network with its last feature map as a second output: what the ONNX export traces."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return forward_with_features(self.network, batch)
+
+
+def class_weights(network: nn.Module) -> torch.Tensor:
+    """(classes, C_head) classifier rows on the CPU: the CAM weights of every disease class."""
+    return network.classifier.weight.detach().float().cpu()
+
+
+def class_activation_maps(features: torch.Tensor, weights: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """(N, h, w) maps in [0, 1]: feature map (N, C_head, h, w) weighted by each image's class row, negative
+    evidence cut at 0 and each map divided by its maximum (all zeros when nothing speaks for the class)."""
+    rows = weights[classes.long()]  # (N, C_head)
+    cams = torch.einsum("nc,nchw->nhw", rows, features.float()).clamp_(min=0)
+    peak = cams.flatten(1).amax(1).clamp_(min=1e-12).view(-1, 1, 1)
+    return cams / peak
+
+
+def _heat_ramp() -> torch.Tensor:
+    """(256, 3) uint8 colours of a blue-green-yellow-red ramp, looked up instead of computed per pixel."""
+    x = torch.linspace(0, 4, 256)[:, None]
+    return (torch.clamp(1.5 - (x - torch.tensor([3.0, 2.0, 1.0])).abs(), 0, 1) * 255 + 0.5).to(torch.uint8)
+
+
+HEAT_RAMP = _heat_ramp()
+ALPHA_256 = round(OVERLAY_ALPHA * 256)
+PNG_LEVEL = 0  # zlib level of the overlay: 0 (stored) costs 0.2 ms for 77 KB; 1 saves 17 % of the bytes for 1.5 ms more
+
+
+def network_view(tensor: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """The normalised network input (3, H, W) back to an (H, W, 3) float RGB image in [0, 1]: the crop the
+    model actually saw, which is what the map refers to."""
+    mean_t = torch.tensor(mean).view(3, 1, 1)
+    std_t = torch.tensor(std).view(3, 1, 1)
+    return (tensor.detach().float().cpu() * std_t + mean_t).clamp(0, 1).permute(1, 2, 0).numpy()
+
+
+def overlay_png(tensor: torch.Tensor, cam: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> bytes:
+    """PNG of the map (upsampled bilinearly) blended over the network's view of the photo. Integer arithmetic and
+    a colour table, and zlib's fastest level: it runs once per explained image in a request thread
+    (BENCHMARKS.md, "Explanations")."""
+    height, width = tensor.shape[-2:]
+    mean_t = torch.tensor(mean).view(3, 1, 1) * 255
+    std_t = torch.tensor(std).view(3, 1, 1) * 255
+    photo = (tensor.detach().float().cpu() * std_t + mean_t).clamp_(0, 255).to(torch.int32).permute(1, 2, 0)
+    heat = F.interpolate(cam[None, None].float().cpu(), size=(height, width), mode="bilinear", align_corners=False)
+    colours = HEAT_RAMP[(heat[0, 0].clamp(0, 1) * 255).round().long()].to(torch.int32)
+    blended = ((photo * (256 - ALPHA_256) + colours * ALPHA_256) >> 8).to(torch.uint8)
+    return rgb_png(blended.numpy())
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def rgb_png(pixels: np.ndarray, level: int = PNG_LEVEL) -> bytes:
+    """(H, W, 3) uint8 -> PNG bytes, every row unfiltered. Pillow's encoder tries five filters per row, which took
+    2.5 ms of CPU for a 160-px overlay at zlib level 1 and put the explained answer far above its budget
+    (BENCHMARKS.md, "Explanations"); this writes the same image in 0.2 ms."""
+    height, width, _ = pixels.shape
+    rows = np.concatenate([np.zeros((height, 1), np.uint8), pixels.reshape(height, width * 3)], axis=1)
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), level)) + _png_chunk(b"IEND", b""))
+
+
+def explanation(tensor: torch.Tensor, cam: torch.Tensor, class_name: str, mean: tuple[float, ...],
+                std: tuple[float, ...], overlay: bool = True) -> dict[str, Any]:
+    """The JSON `explanation` object of one image: the grid, its shape and (optionally) the overlay as base64."""
+    grid = [[round(v, 4) for v in row] for row in cam.tolist()]
+    result: dict[str, Any] = {"method": "class_activation_map", "class_name": class_name,
+                              "shape": [len(grid), len(grid[0]) if grid else 0], "grid": grid}
+    if overlay:
+        result["overlay_png"] = base64.b64encode(overlay_png(tensor, cam, mean, std)).decode("ascii")
+    return result
