@@ -32,6 +32,27 @@ def session_cpu_s(session_id: int) -> float:
     return ticks * CLOCK_TICK_S
 
 
+def session_memory_kib(session_id: int) -> dict[str, int]:
+    """Summed VmRSS and Pss (KiB) of the live processes of one session. RSS counts pages that forked workers share
+    once per process; Pss splits each shared page between its sharers, so it is the fairer "memory this server
+    holds" when one server forks workers (ours, LitServe) and another runs separate processes (Ray)."""
+    rss = pss = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[3]) != session_id:
+                continue
+            for line in (entry / "smaps_rollup").read_text().splitlines():
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1])
+        except (OSError, IndexError, ValueError):  # ended meanwhile, or a kernel thread
+            continue
+    return {"rss_kib": rss, "pss_kib": pss}
+
+
 def machine_busy_s() -> float:
     """CPU seconds every core together spent busy since boot (not idle, not waiting for I/O)."""
     fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
