@@ -124,15 +124,14 @@ class ServerProcess:
 
 
 def _kill_session_leftovers(session_id: int) -> None:
-    """Processes of our server's session that moved to process groups of their own (Ray's workers do) and outlived
+    """Processes of our server that moved to process groups of their own (Ray's workers, BentoML's) and outlived
     the group: SIGKILL them too. The session was created by `start()`, so everything in it is ours."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    from bench.cpu import server_pids
+
+    for pid in server_pids(session_id):
         try:
-            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[3]) == session_id:
-                os.kill(int(entry.name), signal.SIGKILL)
-        except (OSError, IndexError, ValueError):
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
             continue
 
 
