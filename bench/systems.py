@@ -100,6 +100,7 @@ class ServerProcess:
             _kill_session_leftovers(self.process.pid)
             return
         pgid = self.process.pid  # start_new_session: the group id is our child's pid
+        before = _started_at(pgid)  # its processes now, descendants in sessions of their own included
         try:
             os.killpg(pgid, signal.SIGTERM)
             self.process.wait(grace_s)
@@ -120,18 +121,32 @@ class ServerProcess:
             os.killpg(pgid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        _kill_session_leftovers(pgid)
+        _kill_session_leftovers(pgid, before)
 
 
-def _kill_session_leftovers(session_id: int) -> None:
-    """Processes of our server that moved to process groups of their own (Ray's workers, BentoML's) and outlived
-    the group: SIGKILL them too. The session was created by `start()`, so everything in it is ours."""
+def _started_at(session_id: int) -> dict[int, str]:
+    """pid -> start time (clock ticks since boot) of every process of our server (bench.cpu.server_pids)."""
     from bench.cpu import server_pids
 
+    out = {}
     for pid in server_pids(session_id):
         try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
+            out[pid] = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        except (OSError, IndexError):
+            continue
+    return out
+
+
+def _kill_session_leftovers(session_id: int, known: dict[int, str] | None = None) -> None:
+    """Processes of our server that outlived its process group: those in groups of their own (Ray's workers), and
+    descendants seen before the stop (`known`, pid -> start time) that were orphaned in sessions of their own. SIGKILL
+    them; a pid is only killed while its start time is still the one seen, so a reused pid is never hit."""
+    targets = {**(known or {}), **_started_at(session_id)}
+    for pid, started in targets.items():
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19] == started:
+                os.kill(pid, signal.SIGKILL)
+        except (OSError, IndexError):
             continue
 
 

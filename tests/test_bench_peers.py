@@ -84,3 +84,39 @@ def test_triton_request_is_a_kserve_v2_binary_bytes_element():
     parsed = systems._triton_answer(names)(json.dumps(
         {"outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [1, 2], "data": [0.25, 0.75]}]}).encode())
     assert parsed == {"class_name": "b", "probabilities": {"a": 0.25, "b": 0.75}}
+
+
+def test_a_servers_processes_include_descendants_in_sessions_of_their_own_and_stop_ends_them(tmp_path):
+    """BentoML's workers call setsid: CPU, memory and stop() must still find them (bench/cpu.py, bench/systems.py)."""
+    import os
+    import sys
+    import time
+
+    from bench.cpu import server_pids, session_memory_kib
+
+    pid_file = tmp_path / "child.pid"
+    child = f"import os, time\nos.setsid()\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(60)\n"
+    parent = f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', {child!r}])\ntime.sleep(60)\n"
+    server = systems.ServerProcess(name="tree", label="tree", cmd=[sys.executable, "-c", parent],
+                                   predict_url="http://127.0.0.1:1/", ready=lambda: True)
+    server.start()
+    try:
+        deadline = time.time() + 20
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.time() < deadline, "the child never started"
+            time.sleep(0.1)
+        grandchild = int(pid_file.read_text())
+        assert os.getsid(grandchild) != server.pid  # a session of its own, as BentoML's workers
+        assert {server.pid, grandchild} <= set(server_pids(server.pid))
+        assert session_memory_kib(server.pid)["rss_kib"] > 0
+    finally:
+        server.stop(grace_s=5)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            os.kill(grandchild, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("stop() left the setsid descendant running")
