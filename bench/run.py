@@ -135,6 +135,10 @@ def interleaved_rounds(servers: list[systems.ServerProcess], model: Path, item: 
             server.start()
         for server in servers:
             server.wait_ready(240.0)
+            if server.expected is not None:  # a peer is timed only while its answers are ours (raises otherwise)
+                from bench.peers.check import check_answers
+
+                check_answers(server.predict_url, server.build, server.parse_answer, server.expected)
             run_load(server.predict_url, data, clients, 3.0, server.build, warmup_s=0)  # prime every path
         for number in range(1, rounds + 1):
             for server in servers:
