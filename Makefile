@@ -7,7 +7,7 @@ BUNDLE := trained_model/tomato_leaf_lite0.pt
 # one stamp per shipped bundle (its sha256): a new bundle gets its ONNX graph exported again at install time
 ENGINE_STAMP := $(VENV)/.engine-$(shell sha256sum $(BUNDLE) 2>/dev/null | cut -c1-16)
 
-.PHONY: deps install engine bench-deps browser proxy run api page test smoke bench card clean reload
+.PHONY: deps install engine bench-deps peers-venv browser proxy run api page test smoke bench card clean reload
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -31,6 +31,22 @@ $(VENV)/.installed-bench: bench/requirements.txt $(VENV)/.installed
 	touch $@
 
 bench-deps: $(VENV)/.installed-bench  ## TorchServe and locust: benchmarks and their tests
+
+# The peers of issue 19 (LitServe, Ray Serve, BentoML) in a venv of their own: the product's venv and CI never see them
+PEERS_VENV := .venv-peers
+$(PEERS_VENV)/.installed: bench/requirements-peers.txt
+	python3 -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install -q -r bench/requirements-peers.txt
+	touch $@
+
+# PyTriton apart: nvidia-pytriton 0.7 requires numpy<2 (the product and the other peers pin numpy 2.4.6)
+PYTRITON_VENV := .venv-pytriton
+$(PYTRITON_VENV)/.installed: bench/requirements-pytriton.txt
+	python3 -m venv $(PYTRITON_VENV)
+	$(PYTRITON_VENV)/bin/pip install -q -r bench/requirements-pytriton.txt
+	touch $@
+
+peers-venv: $(PEERS_VENV)/.installed $(PYTRITON_VENV)/.installed  ## then: $(PY) -m bench.run --systems ours,litserve,...
 
 browser:  ## Debian's Chromium + ChromeDriver for the page's end-to-end test
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \

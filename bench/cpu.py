@@ -16,10 +16,9 @@ from pathlib import Path
 CLOCK_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 
 
-def session_cpu_s(session_id: int) -> float:
-    """User + system CPU seconds used so far by the live processes of one session (a server started with
-    `start_new_session=True`, so its session id is its pid)."""
-    ticks = 0
+def _process_table() -> dict[int, tuple[int, int, list[str]]]:
+    """pid -> (ppid, session id, stat fields after the name) of every live process."""
+    table = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -27,9 +26,49 @@ def session_cpu_s(session_id: int) -> float:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:  # the process ended meanwhile
             continue
-        if int(fields[3]) == session_id:  # after the name: state ppid pgrp session ... utime(11) stime(12)
-            ticks += int(fields[11]) + int(fields[12])
+        table[int(entry.name)] = (int(fields[1]), int(fields[3]), fields)
+    return table
+
+
+def server_pids(session_id: int, table: dict[int, tuple[int, int, list[str]]] | None = None) -> list[int]:
+    """The live processes of a server started with `start_new_session=True` (session id = its pid): every process
+    of that session, and every descendant of one, even in a session of its own (BentoML's workers call setsid)."""
+    table = _process_table() if table is None else table
+    ours = {pid for pid, (_, sid, _) in table.items() if sid == session_id}
+    grew = True
+    while grew:
+        more = {pid for pid, (ppid, _, _) in table.items() if ppid in ours and pid not in ours}
+        ours |= more
+        grew = bool(more)
+    return sorted(ours)
+
+
+def session_cpu_s(session_id: int) -> float:
+    """User + system CPU seconds used so far by the live processes of one server (`server_pids`): gunicorn
+    workers, TorchServe's JVM and its Python backends, Ray's and BentoML's workers alike."""
+    table = _process_table()
+    ticks = 0
+    for pid in server_pids(session_id, table):
+        fields = table[pid][2]  # after the name: state ppid pgrp session ... utime(11) stime(12)
+        ticks += int(fields[11]) + int(fields[12])
     return ticks * CLOCK_TICK_S
+
+
+def session_memory_kib(session_id: int) -> dict[str, int]:
+    """Summed VmRSS and Pss (KiB) of the live processes of one server (`server_pids`). RSS counts pages that forked
+    workers share once per process; Pss splits each shared page between its sharers, so it is the fairer "memory
+    this server holds" when one server forks workers (ours, LitServe) and another starts fresh processes (Ray)."""
+    rss = pss = 0
+    for pid in server_pids(session_id):
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1])
+        except (OSError, IndexError, ValueError):  # ended meanwhile, or a kernel thread
+            continue
+    return {"rss_kib": rss, "pss_kib": pss}
 
 
 def machine_busy_s() -> float:

@@ -54,6 +54,8 @@ class LoadResult:
     error_p99_ms: float | None = None  # p99 latency of the non-2xx answers (how fast overload is refused)
     completed: int = 0  # every request that finished, warm-up and tail included (CPU per answer: bench/cpu.py)
     note: str = ""
+    rss_kib: int | None = None  # all the server's processes right after the point (bench/cpu.py), when measured
+    pss_kib: int | None = None
 
     @property
     def error_count(self) -> int:

@@ -12,8 +12,9 @@ import os
 from pathlib import Path
 
 LABELS = {"ours": "ours (flask_server.py)", "baseline": "seed-tutorial baseline", "torchserve": "TorchServe 0.12",
-          "ceiling": "no-HTTP ceiling (images/s)"}
-ORDER = ("ours", "baseline", "torchserve", "ceiling")
+          "ceiling": "no-HTTP ceiling (images/s)", "litserve": "LitServe", "rayserve": "Ray Serve", "bentoml": "BentoML",
+          "pytriton": "PyTriton (Triton)"}
+ORDER = ("ours", "baseline", "torchserve", "litserve", "rayserve", "bentoml", "pytriton", "ceiling")
 NOTES_START, NOTES_END = "<!-- notes:start -->", "<!-- notes:end -->"
 DEADLINE_S = 10.0  # flask_server.py DEFAULTS["REQUEST_TIMEOUT_S"]
 QUEUE_BOUND = 64  # flask_server.py DEFAULTS["MAX_QUEUE"]
@@ -38,15 +39,19 @@ def find(rows: list[dict], system: str, input_name: str, clients: int) -> dict |
 
 def results_table(rows: list[dict]) -> list[str]:
     """Markdown table of load results: one line per (system, clients)."""
-    lines = ["| system | clients | req/s | p50 ms | p95 ms | p99 ms | errors (by status) |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    memory = any(r.get("pss_kib") for r in rows)  # runs before issue 19 did not record it
+    lines = ["| system | clients | req/s | p50 ms | p95 ms | p99 ms | errors (by status) |"
+             + (" RSS MiB | PSS MiB |" if memory else ""),
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- |" + (" ---: | ---: |" if memory else "")]
     for r in sorted(rows, key=lambda r: (ORDER.index(r["system"]) if r["system"] in ORDER else 9, r["clients"])):
         if r["system"] == "ceiling":
             lines.append(f"| {LABELS['ceiling']} | {r['clients']} | {r['throughput']:.1f} img/s | – | – | – | "
-                         f"({r.get('note', '')}) |")
+                         f"({r.get('note', '')}) |" + (" – | – |" if memory else ""))
         else:
+            mib = lambda k: f"{r[k] / 1024:.0f}" if r.get(k) else "–"  # noqa: E731
             lines.append(f"| {LABELS.get(r['system'], r['system'])} | {r['clients']} | {r['throughput']:.1f} | "
-                         f"{_ms(r['p50_ms'])} | {_ms(r['p95_ms'])} | {_ms(r['p99_ms'])} | {_errors(r['errors'])} |")
+                         f"{_ms(r['p50_ms'])} | {_ms(r['p95_ms'])} | {_ms(r['p99_ms'])} | {_errors(r['errors'])} |"
+                         + (f" {mib('rss_kib')} | {mib('pss_kib')} |" if memory else ""))
     return lines
 
 
@@ -345,7 +350,8 @@ def plot(results: dict, chart: Path) -> None:
     rows = [r for r in results["rows"] if r["clients"] > 0]
     inputs = list(results["inputs"])
     fig, axes = plt.subplots(len(inputs), 2, figsize=(11, 4 * len(inputs)), squeeze=False)
-    colours = {"ours": "tab:green", "baseline": "tab:orange", "torchserve": "tab:blue", "ceiling": "black"}
+    colours = {"ours": "tab:green", "baseline": "tab:orange", "torchserve": "tab:blue", "ceiling": "black",
+               "litserve": "tab:purple", "rayserve": "tab:cyan", "bentoml": "tab:red", "pytriton": "tab:olive"}
     for i, name in enumerate(inputs):
         tput, lat = axes[i]
         for system in ORDER:

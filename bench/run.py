@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bench import systems
-from bench.cpu import CpuSnapshot, cpu_per_answer_ms, machine_busy_s, own_cpu_s
+from bench.cpu import CpuSnapshot, cpu_per_answer_ms, machine_busy_s, own_cpu_s, session_memory_kib
 from bench.inputs import BenchInput, prepare_inputs
 from bench.loadgen import LoadResult, run_load
 from model.bundle import file_sha256
@@ -29,7 +29,8 @@ from model.hardware import cpu_description
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = ROOT / "trained_model" / "tomato_leaf_lite0.pt"
-SYSTEMS = ("ours", "baseline", "torchserve", "ceiling")
+SYSTEMS = ("ours", "baseline", "torchserve", "ceiling", *systems.PEERS)  # peers: not in the default run (own venv)
+DEFAULT_SYSTEMS = ("ours", "baseline", "torchserve", "ceiling")
 
 
 def bench_server(server: systems.ServerProcess, inputs: dict[str, BenchInput], clients: list[int],
@@ -41,6 +42,12 @@ def bench_server(server: systems.ServerProcess, inputs: dict[str, BenchInput], c
         started = time.time()
         server.wait_ready(ready_timeout_s)
         ready_s = time.time() - started
+        if server.expected is not None:  # a peer: refuse to time it unless its answers are ours
+            from bench.peers.check import check_answers
+
+            matched = check_answers(server.predict_url, server.build, server.parse_answer, server.expected)
+            server.notes.append(f"answers equal to ours on {matched} sample photos (checked before timing)")
+            print(f"  {server.name:10s} answers equal to ours on {matched} samples", flush=True)
         for name, item in inputs.items():
             data = item.read()
             # prime every shape/code path once (TorchScript re-optimises per batch shape) before measuring
@@ -49,9 +56,12 @@ def bench_server(server: systems.ServerProcess, inputs: dict[str, BenchInput], c
                 result = run_load(server.predict_url, data, count, duration_s, server.build, warmup_s=warmup_s,
                                   system=server.name, input_name=name)
                 result.note = f"ready after {ready_s:.1f}s"
+                memory = session_memory_kib(server.pid)
+                result.rss_kib, result.pss_kib = memory["rss_kib"], memory["pss_kib"]
                 rows.append(result)
                 print(f"  {server.name:10s} {name:6s} c={count:3d} {result.throughput:8.1f} req/s "
-                      f"p50={_fmt(result.p50_ms)} p99={_fmt(result.p99_ms)} errors={result.errors}", flush=True)
+                      f"p50={_fmt(result.p50_ms)} p99={_fmt(result.p99_ms)} errors={result.errors} "
+                      f"RSS={result.rss_kib // 1024} MiB PSS={result.pss_kib // 1024} MiB", flush=True)
             if server.name == "ours" and name == "leaf":
                 server.measured["single_client_timing"] = timing = probe_server_timing(server.predict_url, data)
                 print(f"  {server.name:10s} single-client timing: {timing}", flush=True)
@@ -99,6 +109,8 @@ def make_server(name: str, args: argparse.Namespace, work: Path, ours_env: dict[
         return systems.ours(args.model, work, ours_env, experiment=shlex.split(args.ours_experiment))
     if name == "baseline":
         return systems.baseline(args.model, work, args.baseline_server)
+    if name in systems.PEERS:
+        return systems.peer(name, args.model, work)
     return systems.torchserve(args.model, work, args.ts_batch_size, args.ts_max_batch_delay, args.ts_workers,
                               stock_transform=args.ts_stock_transform)
 
@@ -123,6 +135,10 @@ def interleaved_rounds(servers: list[systems.ServerProcess], model: Path, item: 
             server.start()
         for server in servers:
             server.wait_ready(240.0)
+            if server.expected is not None:  # a peer is timed only while its answers are ours (raises otherwise)
+                from bench.peers.check import check_answers
+
+                check_answers(server.predict_url, server.build, server.parse_answer, server.expected)
             run_load(server.predict_url, data, clients, 3.0, server.build, warmup_s=0)  # prime every path
         for number in range(1, rounds + 1):
             for server in servers:
@@ -219,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per (system, input, clients)")
     parser.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each point")
     parser.add_argument("--clients", default="1,4,16,64", help="concurrency levels")
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"subset of {','.join(SYSTEMS)}")
+    parser.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS),
+                        help=f"subset of {','.join(SYSTEMS)} (the peers need `make peers-venv`)")
     parser.add_argument("--inputs", default="leaf,phone", help="subset of leaf,phone")
     parser.add_argument("--baseline-server", choices=("gunicorn", "flask"), default="gunicorn")
     parser.add_argument("--ours-env", action="append", default=[], metavar="TOMATO_X=V",
@@ -270,6 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     busy_start, own_start = machine_busy_s(), own_cpu_s()
     info = machine_info()
+    if any(name in systems.PEERS for name in chosen):
+        info["peers_venv"] = systems.peer_versions()
+        if "pytriton" in chosen:
+            info["pytriton_venv"] = systems.peer_versions(systems.PYTRITON_PYTHON)
     inputs = prepare_inputs(work / "inputs", tuple(args.inputs.split(",")))
     print(f"work dir {work}; inputs: " + "; ".join(f"{k}: {v.describe()}" for k, v in inputs.items()), flush=True)
 

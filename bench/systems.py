@@ -57,6 +57,10 @@ class ServerProcess:
     notes: list[str] = field(default_factory=list)  # how it was configured, for the report
     measured: dict[str, dict] = field(default_factory=dict)  # extra measurements taken while it ran
     process: subprocess.Popen | None = None
+    # peers (issue 19): how to read one answer as {"class_name", "probabilities"}, and ours on the samples; the run
+    # refuses to time a system whose answers differ (bench/peers/check.py)
+    parse_answer: Callable[[bytes], dict] | None = None
+    expected: dict[str, dict] | None = None
 
     def start(self) -> "ServerProcess":
         log = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL
@@ -90,9 +94,13 @@ class ServerProcess:
         return ""
 
     def stop(self, grace_s: float = 30.0) -> None:
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
+            return
+        if self.process.poll() is not None:
+            _kill_session_leftovers(self.process.pid)
             return
         pgid = self.process.pid  # start_new_session: the group id is our child's pid
+        before = _started_at(pgid)  # its processes now, descendants in sessions of their own included
         try:
             os.killpg(pgid, signal.SIGTERM)
             self.process.wait(grace_s)
@@ -107,12 +115,39 @@ class ServerProcess:
             try:
                 os.killpg(pgid, 0)
             except ProcessLookupError:
-                return
+                break
             time.sleep(0.2)
         try:
             os.killpg(pgid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        _kill_session_leftovers(pgid, before)
+
+
+def _started_at(session_id: int) -> dict[int, str]:
+    """pid -> start time (clock ticks since boot) of every process of our server (bench.cpu.server_pids)."""
+    from bench.cpu import server_pids
+
+    out = {}
+    for pid in server_pids(session_id):
+        try:
+            out[pid] = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        except (OSError, IndexError):
+            continue
+    return out
+
+
+def _kill_session_leftovers(session_id: int, known: dict[int, str] | None = None) -> None:
+    """Processes of our server that outlived its process group: those in groups of their own (Ray's workers), and
+    descendants seen before the stop (`known`, pid -> start time) that were orphaned in sessions of their own. SIGKILL
+    them; a pid is only killed while its start time is still the one seen, so a reused pid is never hit."""
+    targets = {**(known or {}), **_started_at(session_id)}
+    for pid, started in targets.items():
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19] == started:
+                os.kill(pid, signal.SIGKILL)
+        except (OSError, IndexError):
+            continue
 
 
 def _status_ok(url: str) -> Callable[[], bool]:
@@ -263,3 +298,103 @@ def torchserve(model: Path, tmp: Path, batch_size: int = 16, max_batch_delay_ms:
                f"maxBatchDelay={max_batch_delay_ms} ms, {workers} worker(s); full-size JPEG decode (no draft); "
                "system metrics off; image sent as raw body"],
     )
+
+
+# Peers of issue 19: today's model servers, each in the peers venv (make peers-venv), each serving the same ONNX
+# file with the same preprocessing and thread budget as ours (bench/peers/common.py), timed only once their answers
+# on the samples are ours (bench/peers/check.py).
+PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
+PYTRITON_PYTHON = ROOT / ".venv-pytriton" / "bin" / "python"  # its own venv: nvidia-pytriton 0.7 needs numpy<2
+PEERS = ("litserve", "rayserve", "bentoml", "pytriton")
+
+
+def peer_versions(python: Path = PEERS_PYTHON) -> dict[str, str]:
+    """Versions installed in a peers venv (the report's machine section), or why there are none."""
+    code = ("import json, importlib.metadata as m\nout = {}\n"
+            "for p in ('litserve', 'ray', 'bentoml', 'nvidia-pytriton', 'fastapi', 'uvicorn', 'onnxruntime', 'torch', "
+            "'pillow', 'numpy'):\n"
+            "    try: out[p] = m.version(p)\n    except m.PackageNotFoundError: out[p] = 'not installed'\n"
+            "print(json.dumps(out))\n")
+    try:
+        done = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=60, check=True)
+        return json.loads(done.stdout)
+    except (OSError, subprocess.SubprocessError, ValueError) as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def _json_answer(body: bytes) -> dict:
+    answer = json.loads(body)
+    return answer[0] if isinstance(answer, list) else answer  # BentoML answers a batchable API with a list
+
+
+def triton_request(data: bytes) -> tuple[bytes, dict[str, str]]:
+    """PyTriton's natural input: a KServe v2 inference request, the image as one BYTES element in the binary
+    extension (a JSON header, then a 4-byte little-endian length and the bytes), probabilities asked back as JSON."""
+    header = json.dumps({
+        "inputs": [{"name": "image", "shape": [1, 1], "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(data) + 4}}],
+        "outputs": [{"name": "probabilities", "parameters": {"binary_data": False}}],
+    }).encode()
+    return header + len(data).to_bytes(4, "little") + data, {
+        "Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
+
+
+def _triton_answer(class_names: list[str]) -> Callable[[bytes], dict]:
+    def parse(body: bytes) -> dict:
+        output = next(o for o in json.loads(body)["outputs"] if o["name"] == "probabilities")
+        row = [float(x) for x in output["data"]]
+        return {"class_name": class_names[max(range(len(row)), key=row.__getitem__)],
+                "probabilities": dict(zip(class_names, row))}
+    return parse
+
+
+def peer(name: str, model: Path, tmp: Path) -> ServerProcess:
+    """One peer server (not started), configured from bench/peers/common.py, with ours as its expected answers."""
+    from bench.peers import common
+    from bench.peers.check import reference_answers
+
+    if name not in PEERS:
+        raise ValueError(f"unknown peer {name!r}")
+    python = PYTRITON_PYTHON if name == "pytriton" else PEERS_PYTHON
+    if not python.exists():
+        raise RuntimeError(f"{python} missing: make peers-venv (bench/requirements-peers.txt, "
+                           "bench/requirements-pytriton.txt)")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    config_path = tmp / f"{name}-{port}.json"
+    config = common.write_config(model, config_path, port)
+    env = {common.CONFIG_ENV: str(config_path), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(config.threads_per_worker)}
+    budget = (f"{config.workers} x {config.threads_per_worker} ONNX Runtime thread(s) (ours: {config.workers} "
+              f"processes x {config.threads_per_worker}); max batch {config.max_batch_size}, wait "
+              f"{config.batch_wait_ms:g} ms; ONNX {Path(config.onnx_path).name}")
+    module = [str(python), "-m", f"bench.peers.{name}_app"]
+    if name == "litserve":
+        server = ServerProcess(
+            name=name, label="LitServe", cmd=module, predict_url=base + "/predict", ready=_status_ok(base + "/health"),
+            notes=[f"LitAPI with max_batch_size/batch_timeout, workers_per_device={config.workers}, one uvicorn API "
+                   f"server; multipart `file`; {budget}"])
+    elif name == "rayserve":
+        server = ServerProcess(
+            name=name, label="Ray Serve", cmd=module, predict_url=base + "/predict",
+            ready=lambda: "/predict" in requests.get(base + "/-/routes", timeout=2).json(),
+            notes=[f"{config.workers} replicas (num_cpus=1 each) with @serve.batch, ray.init(num_cpus="
+                   f"{config.thread_budget}), HTTP proxy on the head; multipart `file`; {budget}"])
+    elif name == "bentoml":
+        server = ServerProcess(
+            name=name, label="BentoML", predict_url=base + "/classify", ready=_status_ok(base + "/readyz"),
+            cmd=[str(PEERS_PYTHON), "-m", "bentoml", "serve", "bench.peers.bentoml_app:TomatoLeaf", "--host",
+                 "127.0.0.1", "--port", str(port), "--working-dir", str(ROOT)],
+            notes=[f"@bentoml.service(workers={config.workers}), @bentoml.api(batchable=True) adaptive batching; "
+                   f"multipart `file`; {budget}"])
+    else:
+        server = ServerProcess(
+            name=name, label="PyTriton (Triton)", cmd=module, predict_url=base + "/v2/models/tomato/infer",
+            ready=_status_ok(base + "/v2/models/tomato/ready"), build=triton_request,
+            notes=[f"Triton's dynamic batching, {config.workers} model instance(s); KServe v2 binary BYTES input; "
+                   f"{budget}"])
+        server.parse_answer = _triton_answer(config.class_names)
+    server.env = env
+    server.log_path = tmp / f"{name}-{port}.log"
+    server.parse_answer = server.parse_answer or _json_answer
+    server.expected = reference_answers(model, tmp / "reference_answers.json")
+    return server

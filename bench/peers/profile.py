@@ -1,0 +1,104 @@
+"""Where a server's CPU goes under load: `python -m bench.peers.profile --system ours --clients 16 --seconds 10`.
+
+Starts one system as bench.run would (ours or a peer), loads it with the leaf at N closed-loop clients and, at the
+same time, samples every Python process of the server with py-spy (installed in .venv-peers; it reads the
+processes from outside, so it works on any of them). Prints the throughput, the server's CPU ms per answer
+(bench/cpu.py) and, per process, the functions holding the most samples (own time, idle waits left out), so two
+servers can be compared frame by frame (issue 19: where a peer wins, find out why).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+from bench import systems
+from bench.cpu import CpuSnapshot, cpu_per_answer_ms, server_pids
+from bench.inputs import prepare_inputs
+from bench.loadgen import run_load
+
+PY_SPY = systems.ROOT / ".venv-peers" / "bin" / "py-spy"
+IDLE = ("wait (threading", "select (", "poll (", "_worker (concurrent", "accept (", "sleep", "epoll", "recv_into (",
+        "get (queue", "_recv (multiprocessing", "run_forever", "_run_once", "readinto (socket")
+
+
+def top_frames(raw: str, count: int) -> list[tuple[str, int, float]]:
+    """Collapsed stacks (py-spy --format raw) -> the leaf frames with the most samples, idle waits left out."""
+    leaves: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.splitlines():
+        stack, _, samples = line.rpartition(" ")
+        if not stack or not samples.isdigit():
+            continue
+        leaf = stack.split(";")[-1]
+        if any(mark in leaf for mark in IDLE):
+            continue
+        leaves[leaf] += int(samples)
+        total += int(samples)
+    return [(frame, n, 100.0 * n / total) for frame, n in leaves.most_common(count)] if total else []
+
+
+def python_pids(root: int) -> list[int]:
+    pids = []
+    for pid in server_pids(root):
+        try:
+            exe = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+        except OSError:
+            continue
+        if "python" in Path(exe).name or "ray::" in exe or "triton_python_backend_stub" in exe:
+            pids.append(pid)
+    return pids
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--system", default="ours", choices=("ours", *systems.PEERS))
+    parser.add_argument("--model", type=Path, default=systems.ROOT / "trained_model" / "tomato_leaf_lite0.pt")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--top", type=int, default=12)
+    args = parser.parse_args(argv)
+    if not PY_SPY.exists():
+        raise SystemExit(f"{PY_SPY} missing: make peers-venv")
+    work = Path(tempfile.mkdtemp(prefix="tomato-profile-"))
+    item = prepare_inputs(work / "inputs", ("leaf",))["leaf"]
+    server = systems.ours(args.model, work) if args.system == "ours" else systems.peer(args.system, args.model, work)
+    try:
+        server.start().wait_ready(240)
+        data = item.read()
+        run_load(server.predict_url, data, args.clients, 3.0, server.build, warmup_s=0)  # prime every path
+        pids = python_pids(server.pid)
+        spies = {pid: subprocess.Popen([str(PY_SPY), "record", "--pid", str(pid), "--duration", str(int(args.seconds)),
+                                        "--rate", "200", "--nonblocking", "--format", "raw", "--output",
+                                        str(work / f"{pid}.txt")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for pid in pids}
+        before = CpuSnapshot.take(server.pid)
+        result: dict = {}
+        loader = threading.Thread(target=lambda: result.update(r=run_load(
+            server.predict_url, data, args.clients, args.seconds, server.build, warmup_s=0.5)))
+        loader.start()
+        loader.join()
+        cpu = cpu_per_answer_ms(before, CpuSnapshot.take(server.pid), result["r"].completed)
+        for spy in spies.values():
+            spy.wait(60)
+        print(f"{server.label}: {result['r'].throughput:.1f} req/s at {args.clients} clients, "
+              f"p50 {result['r'].p50_ms:.0f} ms; CPU ms per answer {cpu}")
+        for pid in pids:
+            raw_file = work / f"{pid}.txt"
+            name = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:90].decode(errors="replace") \
+                if Path(f"/proc/{pid}").exists() else str(pid)
+            frames = top_frames(raw_file.read_text(), args.top) if raw_file.exists() else []
+            if frames:
+                print(f"\n  process {pid}: {name}")
+                for frame, samples, share in frames:
+                    print(f"    {share:5.1f} %  {frame}")
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
