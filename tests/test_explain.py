@@ -122,3 +122,17 @@ def test_overlay_png_is_a_lossless_png():
     for level in (0, 6):
         decoded = Image.open(io.BytesIO(rgb_png(pixels, level)))
         assert decoded.mode == "RGB" and (np.asarray(decoded) == pixels).all()
+
+
+def test_the_deletion_test_hides_exactly_the_listed_cells_with_the_chosen_fill():
+    from bench.explain_faithfulness import fill_for, hide
+
+    batch = torch.rand(2, 3, 160, 160) * 2 - 1
+    for fill in ("blur", "grey"):
+        filler = fill_for(batch, fill)
+        hidden = hide(batch, [[0, 24], []], (5, 5), filler)
+        assert torch.equal(hidden[1], batch[1])  # nothing listed, nothing hidden
+        assert torch.equal(hidden[0, :, :32, :32], filler[0, :, :32, :32])  # cell 0: top-left
+        assert torch.equal(hidden[0, :, 128:, 128:], filler[0, :, 128:, 128:])  # cell 24: bottom-right
+        assert torch.equal(hidden[0, :, 32:128, :], batch[0, :, 32:128, :])  # the rest untouched
+    assert fill_for(batch, "blur").std() < batch.std() / 2  # blur takes the fine detail away
