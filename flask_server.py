@@ -23,6 +23,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from inference import DEFAULT_BUNDLE_PATH, InvalidImage, MicroBatcher, ModelBundle, QueueFull, decode_image, load_bundle
 from inference.predict import preprocess
+from jobs.api import register as register_jobs
 from model.verdict import NOT_A_TOMATO_LEAF
 from serving.auth import token_from_environment, token_matches, validate_token
 from serving.errors import IMAGE_ERROR_STATUS, ApiError
@@ -211,7 +212,8 @@ def register_routes(app: Flask) -> None:
     @app.get("/openapi.json")
     def openapi() -> Response:
         bundle = state().bundle
-        return jsonify(openapi_spec(bundle.class_names if bundle else None, int(current_app.config["MAX_FILES"])))
+        return jsonify(openapi_spec(bundle.class_names if bundle else None, int(current_app.config["MAX_FILES"]),
+                                    int(current_app.config["JOBS_MAX_IMAGES"])))
 
     @app.post("/predict")
     def predict() -> Response:
@@ -343,6 +345,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     register_http_layer_errors(app)  # gunicorn's parser errors met while reading a body: 400
     register_metrics_hooks(app)
     register_routes(app)
+    register_jobs(app)  # bulk jobs: /v1/jobs on the Redis job queue (jobs/api.py)
     if app.config["LOAD_IN_BACKGROUND"]:
         threading.Thread(target=service.load, name="model-loader", daemon=True).start()
     else:

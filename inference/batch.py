@@ -1,7 +1,8 @@
 """Offline bulk scoring: `python -m inference.batch FOLDER --out results.csv`.
 
 Scores every file under FOLDER in batches; a file that is not a usable image gets a row with the
-reason instead of stopping the run.
+reason instead of stopping the run. With `--cluster URL` the folder is sent to the job API of a running
+cluster instead (jobs/client.py) and the same CSV comes back.
 """
 from __future__ import annotations
 
@@ -16,10 +17,8 @@ from tqdm import tqdm
 from inference.bundle import DEFAULT_BUNDLE_PATH, load_bundle
 from inference.images import InvalidImage, decode_image
 from inference.predict import predict
+from inference.rows import FIELDS, error_row, prediction_row
 from model.verdict import VERDICTS
-
-FIELDS = ["file", "status", "verdict", "leaf_score", "verdict_reason", "class_name", "display_name", "probability",
-          "top_k", "error"]
 
 
 def iter_files(folder: Path) -> Iterator[Path]:
@@ -47,14 +46,10 @@ def score_folder(folder: Path, out: Path, model: Path = DEFAULT_BUNDLE_PATH, bat
                     images.append(decode_image(path.read_bytes()))
                     good.append(name)
                 except (InvalidImage, OSError) as exc:
-                    writer.writerow({"file": name, "status": "error", "error": str(exc)})
+                    writer.writerow(error_row(name, str(exc)))
                     counts["error"] += 1
             for name, pred in zip(good, predict(bundle, images, top_k)):
-                top = ";".join(f"{s.class_name}:{s.probability:.4f}" for s in pred.top_k)
-                writer.writerow({"file": name, "status": "ok", "verdict": pred.verdict,
-                                 "leaf_score": f"{pred.leaf_score:.4f}", "verdict_reason": pred.verdict_reason or "",
-                                 "class_name": pred.class_name,
-                                 "display_name": pred.display_name, "probability": f"{pred.probability:.6f}", "top_k": top})
+                writer.writerow(prediction_row(name, pred.to_dict()))
                 counts["ok"] += 1
                 counts[pred.verdict] += 1
             bar.update(min(batch_size, len(files) - start))
@@ -69,9 +64,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA if available)")
+    parser.add_argument("--cluster", default=None, metavar="URL",
+                        help="score on a running cluster's job API (e.g. http://127.0.0.1:5000) instead of here")
+    parser.add_argument("--token", default=None, help="API token for --cluster (default: TOMATO_API_TOKEN)")
     args = parser.parse_args(argv)
     if not args.folder.is_dir():
         parser.error(f"{args.folder} is not a folder")
+    if args.cluster:
+        from jobs.client import score_on_cluster  # HTTP only: no model is loaded here
+
+        counts = score_on_cluster(args.cluster, list(iter_files(args.folder)), args.folder, args.out, args.token)
+        print(f"scored {counts['ok']} images on {args.cluster}, {counts['error']} unreadable files -> {args.out}")
+        return 0
     counts = score_folder(args.folder, args.out, args.model, args.batch_size, args.top_k, args.device)
     print(f"scored {counts['ok']} images ({counts['diagnosed']} diagnosed, {counts['uncertain']} uncertain, "
           f"{counts['not_tomato_leaf']} not a tomato leaf), {counts['error']} unreadable files -> {args.out}")

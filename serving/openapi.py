@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from jobs.openapi import job_paths
 from model.verdict import NOT_A_TOMATO_LEAF, REASONS, VERDICTS
 
 ERROR = {"$ref": "#/components/schemas/Error"}
@@ -21,7 +22,7 @@ def _json(description: str, schema: dict[str, Any] | None = None) -> dict[str, A
     return {"description": description, "content": {"application/json": {"schema": schema or {"type": "object"}}}}
 
 
-def openapi_spec(class_names: list[str] | None = None, max_files: int = 16) -> dict[str, Any]:
+def openapi_spec(class_names: list[str] | None = None, max_files: int = 16, max_job_images: int = 10_000) -> dict[str, Any]:
     """`class_names`: the loaded model's classes (None while it loads: the class fields are then plain strings)."""
     score = {
         "type": "object",
@@ -152,5 +153,6 @@ def openapi_spec(class_names: list[str] | None = None, max_files: int = 16) -> d
                                                                                     "stored": {"type": "boolean"}}}),
                               **_errors(400, 401, 413, 415, 503, 507)},
             }},
+            **job_paths(top_k, max_job_images),  # bulk jobs (jobs/api.py)
         },
     }
