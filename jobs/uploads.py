@@ -27,8 +27,10 @@ class JobFile:
     data: bytes
 
 
-def too_many(count: int, limit: int) -> ApiError:
-    return ApiError(413, "too_many_images", f"the job has {count} images; the limit is {limit} images per job")
+def too_many(limit: int, count: int | None = None) -> ApiError:
+    """413 naming the per-job limit (`count`: how many were sent, when known)."""
+    sent = f"{count} images" if count is not None else f"more than {limit} images"
+    return ApiError(413, "too_many_images", f"the job has {sent}; the limit is {limit} images per job")
 
 
 def read_job_files(request: Request, max_images: int, max_bytes: int) -> list[JobFile]:
@@ -46,7 +48,7 @@ def read_job_files(request: Request, max_images: int, max_bytes: int) -> list[Jo
         parts = request.files
     except RequestEntityTooLarge as exc:
         if "parts" in str(exc.description):
-            raise too_many(max_images + 1, max_images) from None  # "more than" the limit: the parser stopped there
+            raise too_many(max_images) from None  # the parser stopped counting at the limit
         raise
     if "archive" in parts:
         if len(parts.getlist("archive")) > 1 or "file" in parts:
@@ -57,7 +59,7 @@ def read_job_files(request: Request, max_images: int, max_bytes: int) -> list[Jo
         raise ApiError(400, "missing_file", 'no "file" parts and no "archive" part (use -F "file=@leaf.jpg" '
                        'once per photo, or -F "archive=@photos.zip")')
     if len(files) > max_images:
-        raise too_many(len(files), max_images)
+        raise too_many(max_images, len(files))
     return [JobFile(f.filename or f"file{i}", f.read()) for i, f in enumerate(files)]
 
 
@@ -93,6 +95,6 @@ def _check(count: int, size: int, max_images: int, max_bytes: int) -> None:
     if count == 0:
         raise ApiError(400, "missing_file", "the archive holds no files")
     if count > max_images:
-        raise too_many(count, max_images)
+        raise too_many(max_images, count)
     if size > max_bytes:
         raise ApiError(413, "payload_too_large", f"the archive unpacks to {size:,} bytes; the limit is {max_bytes:,}")
