@@ -212,8 +212,7 @@ def register_routes(app: Flask) -> None:
     @app.get("/openapi.json")
     def openapi() -> Response:
         bundle = state().bundle
-        return jsonify(openapi_spec(bundle.class_names if bundle else None, int(current_app.config["MAX_FILES"]),
-                                    int(current_app.config["JOBS_MAX_IMAGES"])))
+        return jsonify(openapi_spec(bundle.class_names if bundle else None, int(current_app.config["MAX_FILES"])))
 
     @app.post("/predict")
     def predict() -> Response:

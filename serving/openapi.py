@@ -22,7 +22,7 @@ def _json(description: str, schema: dict[str, Any] | None = None) -> dict[str, A
     return {"description": description, "content": {"application/json": {"schema": schema or {"type": "object"}}}}
 
 
-def openapi_spec(class_names: list[str] | None = None, max_files: int = 16, max_job_images: int = 10_000) -> dict[str, Any]:
+def openapi_spec(class_names: list[str] | None = None, max_files: int = 16) -> dict[str, Any]:
     """`class_names`: the loaded model's classes (None while it loads: the class fields are then plain strings)."""
     score = {
         "type": "object",
@@ -153,6 +153,6 @@ def openapi_spec(class_names: list[str] | None = None, max_files: int = 16, max_
                                                                                     "stored": {"type": "boolean"}}}),
                               **_errors(400, 401, 413, 415, 503, 507)},
             }},
-            **job_paths(top_k, max_job_images),  # bulk jobs (jobs/api.py)
+            **job_paths(top_k),  # bulk jobs (jobs/api.py)
         },
     }

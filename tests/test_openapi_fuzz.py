@@ -42,7 +42,10 @@ def test_schemathesis_finds_no_failure(server, mode, tmp_path):
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "schemathesis_hooks",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
     command = [schemathesis_cli(), "run", f"{server.url}/openapi.json", "--mode", mode, "--checks", "all",
-               "--max-examples", str(EXAMPLES), "--seed", str(SEED), "--no-color", "--request-timeout", "30"]
+               "--max-examples", str(EXAMPLES), "--seed", str(SEED), "--no-color", "--request-timeout", "30",
+               # DELETE /v1/jobs/{id} cancels a job, which then reads as "cancelled" until its TTL (issue 17): by
+               # design not the "deleted resource answers 404" this stateful check expects
+               "--exclude-checks", "use_after_free"]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
