@@ -214,7 +214,8 @@ def restart_run(workdir: Path, files: list[Path]) -> dict:
         down_s = cluster.restart_redis()
         second = submit(cluster.url, files[:200])
         bodies = [wait_done(cluster.url, job["status_url"]) for job in (first, second)]
-        return {"jobs": 2, "redis_down_s": round(down_s, 2),
+        return {"jobs": 2, "redis_down_s": round(down_s, 2), "first_job_chunk_attempts": bodies[0]["attempts"],
+                "first_job_chunks": int(cluster.client.hget(f"tomato:jobmeta:{first['job_id']}", "chunks")),
                 "done": sum(b["state"] == "done" and len({r["index"] for r in b["results"]}) == b["progress"]["total"]
                             for b in bodies),
                 "states": [b["state"] for b in bodies]}

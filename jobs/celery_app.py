@@ -6,6 +6,8 @@ once it is older than `visibility_timeout_s`, checked every `restore_interval_s`
 about visibility_timeout_s + restore_interval_s (defaults 60 + 5 s). The result writes are idempotent
 (jobs/store.py), so a chunk scored twice still counts once. A chunk must finish well within visibility_timeout_s
 (16 images take well under a second), or it is handed out a second time while the first worker still runs.
+A chunk that meets Redis restarting raises and stays unacknowledged, so it comes back the same way (jobs/tasks.py);
+any other fault fails its job and the chunk is acknowledged.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ def make_celery(settings: JobSettings) -> Celery:
         result_serializer="json",
         result_expires=settings.result_ttl_s,
         task_acks_late=True,  # acknowledged after the results are written
+        task_acks_on_failure_or_timeout=False,  # a chunk that raised (Redis down mid-chunk) is delivered again
         task_reject_on_worker_lost=True,  # a child killed mid-chunk puts it back instead of failing it
         worker_prefetch_multiplier=1,  # a worker holds one chunk at a time: the others stay for other workers
         worker_proc_alive_timeout=600,  # a child loads the model before it says it is up (ONNX export on a busy CPU)

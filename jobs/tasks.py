@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 import numpy as np
+import redis
 import torch
 from celery import shared_task
 from celery.signals import worker_process_init, worker_process_shutdown
@@ -84,7 +85,7 @@ def _on_process_shutdown(**_: Any) -> None:
             pass
 
 
-@shared_task(name=TASK_NAME)
+@shared_task(name=TASK_NAME, ignore_result=True)  # the job store holds the results, once per image
 def score_chunk(job_id: str, chunk: int, indices: list[int], top_k: int, enqueued_at: float) -> dict[str, Any]:
     """Score chunk `chunk` of job `job_id` (images `indices`) in one forward and write its results once."""
     store, bundle = _Worker.store, _Worker.bundle
@@ -122,9 +123,17 @@ def score_chunk(job_id: str, chunk: int, indices: list[int], top_k: int, enqueue
             for index, prediction in zip(indices, predictions)})
         store.drop_input(job_id, chunk)
         return {"written": written}
-    except Exception as exc:
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        # Redis restarting: the chunk stays unacknowledged (task_acks_on_failure_or_timeout=False) and a worker
+        # gets it again after the visibility timeout; its writes are idempotent, so nothing counts twice
+        log.warning("Redis unavailable on chunk %d of job %s (%s): it will be delivered again", chunk, job_id, exc)
+        raise
+    except Exception as exc:  # a fault of this chunk, not of the queue: the job fails, the chunk is acknowledged
         log.exception("chunk %d of job %s failed", chunk, job_id)
         store.fail(job_id, f"a worker failed on chunk {chunk}: {type(exc).__name__}: {exc}")
-        raise
+        return {"failed": f"{type(exc).__name__}: {exc}"}
     finally:
-        store.redis.delete(working)
+        try:
+            store.redis.delete(working)
+        except redis.exceptions.RedisError:
+            pass

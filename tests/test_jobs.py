@@ -328,6 +328,7 @@ def test_a_redis_restart_between_submissions_loses_no_job(cluster_api, job_worke
     idle = make_app(JOBS_REDIS_URL=redis_server.url(), JOBS_QUEUE="restart-idle").test_client()
     waiting = idle.post("/v1/jobs", data=form(leaf_parts(2))).get_json()
     finished = wait_finished(cluster_api.url, post_live(cluster_api.url, leaf_parts(4)).json()["status_url"])
+    in_flight = post_live(cluster_api.url, leaf_parts(64)).json()  # chunks still being scored when Redis goes
     redis_server.stop()
     try:
         down = post_live(cluster_api.url, leaf_parts(1))
@@ -342,6 +343,8 @@ def test_a_redis_restart_between_submissions_loses_no_job(cluster_api, job_worke
     assert idle.get(waiting["status_url"]).get_json()["state"] == "queued"
     assert redis_server.client().llen("restart-idle") == 1
     redis_server.client().delete("restart-idle")
+    interrupted = wait_finished(cluster_api.url, in_flight["status_url"])  # its chunks came back after the restart
+    assert interrupted["state"] == "done" and [r["index"] for r in interrupted["results"]] == list(range(64))
     after = post_live(cluster_api.url, leaf_parts(3))
     assert after.status_code == 202
     body = wait_finished(cluster_api.url, after.json()["status_url"])  # the workers reconnected by themselves
