@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+import json
+import re
 import signal
 import subprocess
 import sys
@@ -349,3 +351,30 @@ def test_a_redis_restart_between_submissions_loses_no_job(cluster_api, job_worke
     assert after.status_code == 202
     body = wait_finished(cluster_api.url, after.json()["status_url"])  # the workers reconnected by themselves
     assert body["state"] == "done" and [r["status"] for r in body["results"]] == ["ok"] * 3
+
+
+def test_the_readme_job_examples_work(cluster_api):
+    """The README's bulk-job curl lines, in order, with the real job id and archive in place of the placeholders."""
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"## Bulk jobs.*?```sh\n(.*?)```", readme, flags=re.S).group(1)
+    curls = [line.split("  #")[0] for line in block.splitlines() if line.startswith("curl ")]
+    assert len(curls) == 5
+    archive = ROOT / "photos.zip"
+    job_id = ""
+    try:
+        archive.write_bytes(zip_of(leaf_parts(2)))
+        for command in curls:
+            command = command.replace("http://127.0.0.1:5000", cluster_api.url).replace("JOB_ID", job_id)
+            run = subprocess.run(["bash", "-c", command + " -w '\\n%{http_code}'"], cwd=ROOT, capture_output=True,
+                                 text=True, timeout=120)
+            body, status = run.stdout.rsplit("\n", 1)
+            if "-X DELETE" in command:
+                assert status == "409"  # the job is done by now: nothing to cancel
+            elif "/v1/jobs/" in command:
+                assert status == "200" and ("format=csv" not in command or body.startswith("file,status,verdict"))
+            else:
+                assert status == "202", run.stdout
+                job_id = json.loads(body)["job_id"]
+                wait_finished(cluster_api.url, f"/v1/jobs/{job_id}")
+    finally:
+        archive.unlink(missing_ok=True)
