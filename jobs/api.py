@@ -62,10 +62,42 @@ class JobQueue:
         return int(self.store.redis.llen(self.settings.queue)) * self.settings.chunk_size
 
     def enqueue(self, job_id: str, chunk: int, indices: list[int], crops: list[np.ndarray], top_k: int) -> None:
-        self.store.put_input(job_id, chunk, np.stack(crops).tobytes())
+        self.store.put_input(job_id, chunk, np.stack(crops).tobytes(), {"indices": indices, "top_k": top_k})
+        self.send(job_id, chunk, indices, top_k)
+
+    def send(self, job_id: str, chunk: int, indices: list[int], top_k: int) -> None:
         self.celery.send_task(TASK_NAME, args=[job_id, chunk, indices, top_k, time.time()],
                               queue=self.settings.queue, retry=True,
                               retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5})
+
+    def resend_lost(self, job_id: str, meta: dict[str, str]) -> int:
+        """Send again the chunks of a stalled job whose task message no longer exists anywhere.
+
+        Redis can lose a message outright: a worker's BRPOP takes it off the queue and kombu records it as
+        unacknowledged in a second command, so Redis going down between the two leaves it nowhere. Once a job has
+        not moved for twice the redelivery bound, each unanswered chunk that is neither queued, unacknowledged nor
+        being scored is sent again (a duplicate would be harmless: writes are idempotent). Runs when a client
+        reads the job; the queue is scanned only for stalled jobs."""
+        s = self.settings
+        moved = max(float(meta.get(k) or 0) for k in ("created", "progress_at", "resent_at"))
+        if time.time() - moved < 2 * (s.visibility_timeout_s + s.restore_interval_s):
+            return 0
+        pending = self.store.pending(job_id)
+        held = [m for m in self.store.redis.lrange(s.queue, 0, -1) + self.store.redis.hvals("unacked")
+                if job_id.encode() in m]
+        resent = 0
+        for chunk, args in sorted(pending.items()):
+            mark = f"'{job_id}', {chunk},".encode()  # the task's argsrepr header, as Celery writes it
+            if any(mark in message for message in held) or self.store.redis.exists(
+                    self.store.key(job_id, f"working:{chunk}")):
+                continue
+            self.send(job_id, chunk, args["indices"], args["top_k"])
+            resent += 1
+        self.store.redis.hset(self.store.meta_key(job_id), "resent_at", time.time())
+        if resent:
+            self.store.redis.hincrby(self.store.meta_key(job_id), "resent", resent)
+            current_app.logger.warning("job %s: sent %d lost chunk(s) again", job_id, resent)
+        return resent
 
 
 def register(app: Flask) -> None:
@@ -193,6 +225,8 @@ def status(job_id: str) -> Response:
     store = jobs().store
     meta = job_meta(job_id)
     state = meta["state"]
+    if state in ("queued", "running"):
+        jobs().resend_lost(job_id, meta)
     if fmt == "csv":
         if state != "done":
             raise ApiError(409, "job_not_done", f"job {job_id} is {state}: the CSV exists once it is done")
@@ -202,6 +236,7 @@ def status(job_id: str) -> Response:
         "created_at": _time(meta, "created"), "started_at": _time(meta, "started"),
         "finished_at": _time(meta, "finished"), "error": meta.get("error"),
         "attempts": int(meta.get("attempts", 0)), "duplicates_ignored": int(meta.get("duplicates", 0)),
+        "chunks_resent": int(meta.get("resent", 0)),
         "csv_url": url_for("jobs.status", job_id=job_id, format="csv"),
     }
     if state == "done":

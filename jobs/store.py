@@ -5,6 +5,8 @@ Keys for job J (every one gets the job's TTL, refreshed on each write):
   tomato:job:J:files       list: file names in upload order (index = position)
   tomato:job:J:input:C     string: chunk C's uint8 crops, (n, 3, S, S) row-major, written by the API
   tomato:job:J:results     hash: image index -> result JSON, written with HSETNX
+  tomato:job:J:pending     hash: chunk -> its task arguments, until its results are written (jobs/api.py re-sends
+                           a chunk whose task message Redis lost)
 
 Results are written by one Lua script: HSETNX per image (a redelivered chunk cannot overwrite or count twice;
 refused writes are counted in `duplicates`), and the write that completes the set marks the job done, atomically.
@@ -29,6 +31,7 @@ if not state then return -1 end
 if state == 'cancelled' or state == 'failed' then return -2 end
 local added = 0
 for i = 3, #ARGV, 2 do added = added + redis.call('HSETNX', results, ARGV[i], ARGV[i + 1]) end
+if added > 0 then redis.call('HSET', meta, 'progress_at', ARGV[2]) end
 local refused = (#ARGV - 2) / 2 - added
 if refused > 0 then redis.call('HINCRBY', meta, 'duplicates', refused) end
 if redis.call('HLEN', results) >= tonumber(redis.call('HGET', meta, 'total')) and state ~= 'done' then
@@ -80,7 +83,8 @@ class JobStore:
         return f"tomato:job:{job_id}:{part}"
 
     def _job_keys(self, job_id: str) -> list[str]:
-        return [self.meta_key(job_id), self.key(job_id, "results"), self.key(job_id, "files")]
+        return [self.meta_key(job_id), self.key(job_id, "results"), self.key(job_id, "files"),
+                self.key(job_id, "pending")]
 
     def create(self, files: list[str], image_size: int) -> str:
         """A new queued job of len(files) images; returns its id."""
@@ -96,14 +100,23 @@ class JobStore:
         pipe.execute()
         return job_id
 
-    def put_input(self, job_id: str, chunk: int, data: bytes) -> None:
-        self.redis.set(self.key(job_id, f"input:{chunk}"), data, ex=self.ttl_s)
+    def put_input(self, job_id: str, chunk: int, data: bytes, args: dict[str, Any]) -> None:
+        """A chunk's crops, and its task arguments in `pending` until it is answered."""
+        pipe = self.redis.pipeline()
+        pipe.set(self.key(job_id, f"input:{chunk}"), data, ex=self.ttl_s)
+        pipe.hset(self.key(job_id, "pending"), chunk, json.dumps(args))
+        pipe.expire(self.key(job_id, "pending"), self.ttl_s)
+        pipe.execute()
+
+    def pending(self, job_id: str) -> dict[int, dict[str, Any]]:
+        """Chunks not answered yet: chunk -> task arguments."""
+        return {int(k): json.loads(v) for k, v in self.redis.hgetall(self.key(job_id, "pending")).items()}
 
     def take_input(self, job_id: str, chunk: int) -> bytes | None:
         return self.redis.get(self.key(job_id, f"input:{chunk}"))
 
     def drop_input(self, job_id: str, chunk: int) -> None:
-        self.redis.delete(self.key(job_id, f"input:{chunk}"))
+        self.redis.pipeline().delete(self.key(job_id, f"input:{chunk}")).hdel(self.key(job_id, "pending"), chunk).execute()
 
     def start_chunk(self, job_id: str) -> str | None:
         """Count an attempt, move queued -> running; returns the job's state (None: expired or unknown)."""
@@ -129,8 +142,7 @@ class JobStore:
         before = self._cancel(keys=[self.meta_key(job_id)], args=[time.time()])
         if before in (b"queued", b"running"):
             inputs = list(self.redis.scan_iter(match=self.key(job_id, "input:*"), count=1000))
-            if inputs:
-                self.redis.delete(*inputs)
+            self.redis.delete(self.key(job_id, "pending"), *inputs)
         return before.decode() if before else None
 
     def meta(self, job_id: str) -> dict[str, str] | None:

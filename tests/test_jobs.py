@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -159,6 +160,18 @@ def test_cancel_a_queued_job(idle_jobs, redis_server):
     again = client.delete(job["status_url"])
     assert again.status_code == 409 and again.get_json()["error"]["code"] == "job_finished"
     assert client.get(job["status_url"] + "?format=csv").status_code == 409
+
+
+def test_a_chunk_whose_message_was_lost_is_sent_again(idle_jobs, redis_server):
+    app = idle_jobs(JOBS_CHUNK_SIZE=2, JOBS_VISIBILITY_TIMEOUT_S=1, JOBS_RESTORE_INTERVAL_S=1)
+    client, queue, r = app.test_client(), app.config["JOBS_QUEUE"], redis_server.client(1)
+    job = client.post("/v1/jobs", data=form(leaf_parts(3))).get_json()
+    assert r.llen(queue) == 2
+    time.sleep(4.5)  # past the stall bound, 2 x (1 + 1) s: the messages are still queued, so nothing is re-sent
+    assert client.get(job["status_url"]).get_json()["chunks_resent"] == 0 and r.llen(queue) == 2
+    r.delete(queue)  # both task messages lost, as when Redis dies between a worker's BRPOP and its unacked record
+    wait_for(lambda: client.get(job["status_url"]).get_json()["chunks_resent"] == 2, 30, "the lost chunks again")
+    assert r.llen(queue) == 2
 
 
 def test_results_expire_after_the_ttl(idle_jobs):
