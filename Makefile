@@ -7,7 +7,7 @@ BUNDLE := trained_model/tomato_leaf_lite0.pt
 # one stamp per shipped bundle (its sha256): a new bundle gets its ONNX graph exported again at install time
 ENGINE_STAMP := $(VENV)/.engine-$(shell sha256sum $(BUNDLE) 2>/dev/null | cut -c1-16)
 
-.PHONY: deps install engine bench-deps peers-venv browser proxy run api page test smoke bench card clean reload
+.PHONY: deps install engine bench-deps peers-venv browser proxy redis run api page cluster test smoke bench card clean reload
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -56,6 +56,10 @@ proxy:  ## Debian's nginx for the reverse-proxy tests (deploy/nginx.conf: slow c
 	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null)
 
+redis:  ## Debian's redis-server: the job queue's broker and store (tests start their own on a free port)
+	@command -v redis-server >/dev/null || test -x /usr/bin/redis-server || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null)
+
 api: install
 	$(PY) flask_server.py --port $(API_PORT)
 
@@ -65,7 +69,7 @@ page: deps  ## settings in .streamlit/config.toml
 run: install  ## API on :5000 and the page on :8501; one Ctrl-C stops both (run_all.py)
 	@$(PY) run_all.py --api-port $(API_PORT) --page-port $(PAGE_PORT)
 
-test: deps bench-deps browser proxy  ## the tests export into their own temporary cache: no engine step
+test: deps bench-deps browser proxy redis  ## the tests export into their own temporary cache: no engine step
 	$(VENV)/bin/pytest
 
 bench: bench-deps  ## the full side-by-side benchmark (about 25 minutes; run it on a quiet machine)
@@ -90,8 +94,13 @@ card: install  ## redraw trained_model/MODEL_CARD.md from the evaluation files (
 reload: engine
 	$(PY) -m serving.reload --url http://127.0.0.1:$(API_PORT)
 
+JOB_WORKERS ?= 2
+REDIS_PORT ?= 6379
+cluster: install redis  ## bulk jobs locally: redis-server + the API on API_PORT + JOB_WORKERS model workers; Ctrl-C stops all
+	@$(PY) -m jobs.cluster --api-port $(API_PORT) --redis-port $(REDIS_PORT) --workers $(JOB_WORKERS)
+
 smoke: deps  ## flask_test.py against a server already running on API_PORT
 	$(PY) flask_test.py --url http://127.0.0.1:$(API_PORT)
 
 clean:
-	rm -rf $(VENV) .pytest_cache artifacts
+	rm -rf $(VENV) .pytest_cache artifacts .cluster

@@ -22,6 +22,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from inference import DEFAULT_BUNDLE_PATH, InvalidImage, MicroBatcher, ModelBundle, decode_image, load_bundle
 from inference.predict import explain_prediction, preprocess
+from jobs.api import register as register_jobs
 from model.verdict import NOT_A_TOMATO_LEAF
 from serving import kserve_v2
 from serving.auth import token_from_environment, token_matches, validate_token
@@ -357,6 +358,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     register_metrics_hooks(app)
     register_routes(app)
     app.register_blueprint(kserve_v2.blueprint)  # the Open Inference Protocol (KServe v2) under /v2
+    register_jobs(app)  # bulk jobs: /v1/jobs on the Redis job queue (jobs/api.py)
     if app.config["LOAD_IN_BACKGROUND"]:
         threading.Thread(target=service.load, name="model-loader", daemon=True).start()
     else:

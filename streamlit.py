@@ -24,6 +24,7 @@ import json
 import logging
 import mimetypes
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,9 @@ MAX_REQUEST_BYTES = 20 * 1024 * 1024 - 256 * 1024  # minus room for the multipar
 MAX_FILES_PER_REQUEST = 16
 UPLOAD_SIDE = 1024  # photos with a longer side are shrunk to this before upload: ~100-300 KB instead of 3-12 MB
 VERDICTS = ("diagnosed", "uncertain", "not_tomato_leaf")
+VERDICT_WORDS = {"diagnosed": "Diagnosed", "uncertain": "Not sure", "not_tomato_leaf": "Not a tomato leaf"}
+JOB_POLL_S = 0.5  # how often the "Many photos" tab asks the API for the job's progress
+JOB_WAIT_S = 3600.0  # after this the tab stops following a job (its results stay on the server until the TTL)
 NOT_A_LEAF = "not_tomato_leaf"  # the feedback form's extra choice, sent as correct_class
 PHOTO_TIPS = ["One leaf per photo.", "Let the leaf fill most of the frame.", "Take it in daylight, in focus."]
 REASON_WORDS = {  # the API's verdict_reason, said for a grower
@@ -184,6 +188,13 @@ def problem_from_response(response: requests.Response, name: str = "The photo") 
     retry = response.headers.get("Retry-After", "").strip()
     wait = f"{retry} second{'s' if retry != '1' else ''}" if retry.isdigit() else "a few seconds"
     detail = f": {message.rstrip('.')}" if message else ""
+    if code == "queue_unavailable":  # the bulk-job queue, not the model: single photos still work
+        return ApiProblem("Checking many photos is not available right now (the job queue is down).",
+                          f"Wait {wait} and try again, or check a few photos under \"Your photos\".", status, code,
+                          message)
+    if code == "too_many_images":
+        return ApiProblem(f"Too many photos for one check{detail}.", "Split them into smaller batches.", status,
+                          code, message)
     title, advice = {
         400: (f"The checker could not use the request{detail}.", "Check the photos and try again."),
         401: ("The checker needs an access token.", "Start the page with TOMATO_API_TOKEN set to the API's token."),
@@ -252,6 +263,26 @@ def predict(base_url: str, images: list[ImageFile], top_k: int, timeout_s: float
     name = images[0].name if len(images) == 1 else "One of the photos"
     return call_api("POST", base_url, "/predict", timeout_s, name=name,
                     params={"top_k": top_k, "explain": "true"}, files=files)
+
+
+def submit_job(base_url: str, images: list[ImageFile], timeout_s: float) -> dict[str, Any]:
+    """POST /v1/jobs: every photo as a `file` part of one bulk job; the API answers 202 with its status URL."""
+    files = [("file", (image.name, image.data, image.mime)) for image in images]
+    return call_api("POST", base_url, "/v1/jobs", max(timeout_s, 120.0), name="One of the photos", files=files)
+
+
+def job_status(base_url: str, status_url: str, timeout_s: float) -> dict[str, Any]:
+    """GET /v1/jobs/<id>: state and progress; the results once it is done."""
+    return call_api("GET", base_url, status_url, timeout_s)
+
+
+def job_csv(base_url: str, status_url: str, timeout_s: float) -> str:
+    """The finished job's CSV (one row per photo), as the API writes it."""
+    response = http_session().get(base_url + status_url, params={"format": "csv"}, headers=auth_headers(),
+                                  timeout=timeout_s)
+    if response.status_code >= 400:
+        raise problem_from_response(response)
+    return response.text
 
 
 def send_feedback(base_url: str, image: ImageFile, correct_class: str, predicted_class: str | None,
@@ -485,6 +516,78 @@ def classify(settings: Settings, images: list[ImageFile], names: dict[str, str])
     st.session_state["scroll_to_results"] = True
 
 
+def many_photos_ui(settings: Settings, names: dict[str, str]) -> None:
+    """Many photos as one bulk job (POST /v1/jobs): model workers score them while a bar shows the progress, then
+    a table with each photo's verdict and the CSV to download."""
+    with st.form("many", clear_on_submit=False, border=False):
+        files = st.file_uploader("Many leaf photos (a season's worth)", type=IMAGE_TYPES, accept_multiple_files=True,
+                                 key="many_uploads", help="Checked as one bulk job by the model workers.")
+        submitted = st.form_submit_button("Check all", type="primary", key="check_many", icon=":material/checklist:")
+    if submitted and not files:
+        st.info("Choose photos first, then press **Check all**.")
+    elif submitted:
+        images = [shrink_for_upload(ImageFile(f.name, f.getvalue(), f.type or guess_mime(f.name))) for f in files]
+        try:
+            st.session_state["job"] = submit_job(settings.api_url, images, settings.timeout_s)
+        except ApiProblem as problem:
+            st.session_state.pop("job", None)
+            problem_ui(problem)
+    job = st.session_state.get("job")
+    if job:
+        job_ui(settings, names, job)
+
+
+def job_ui(settings: Settings, names: dict[str, str], job: dict[str, Any]) -> None:
+    """Follow the job with a progress bar until it ends, then show its results."""
+    bar = st.progress(0.0, text=f"{job['total']} photos queued")
+    deadline = time.monotonic() + JOB_WAIT_S
+    while True:
+        try:
+            status = job_status(settings.api_url, job["status_url"], settings.timeout_s)
+        except ApiProblem as problem:
+            problem_ui(problem)
+            return
+        progress = status["progress"]
+        eta = f", about {progress['eta_s']:.0f} s left" if progress.get("eta_s") else ""
+        bar.progress(progress["done"] / max(progress["total"], 1),
+                     text=f"{progress['done']} of {progress['total']} photos checked{eta}")
+        if status["state"] not in ("queued", "running"):
+            break
+        if time.monotonic() > deadline:
+            st.info("The job is still running. Reload the page later to see its results.")
+            return
+        time.sleep(JOB_POLL_S)
+    if status["state"] != "done":
+        problem_ui(ApiProblem(f"The bulk check was {status['state']}.", status.get("error") or "Try again."))
+        return
+    job_results_ui(settings, names, job, status["results"])
+
+
+def job_results_ui(settings: Settings, names: dict[str, str], job: dict[str, Any],
+                   results: list[dict[str, Any]]) -> None:
+    """One table row per photo: verdict in words, condition, confidence or why it could not be checked."""
+    rows = []
+    for item in results:
+        if item["status"] == "ok":
+            rows.append({"photo": item["file"], "verdict": VERDICT_WORDS.get(item["verdict"], item["verdict"]),
+                         "condition": names.get(item["class_name"], item["display_name"]),
+                         "confidence": f"{item['probability']:.0%}", "problem": ""})
+        else:
+            rows.append({"photo": item["file"], "verdict": "Not checked", "condition": "", "confidence": "",
+                         "problem": (item.get("error") or {}).get("message", "")})
+    counts = {words: sum(r["verdict"] == words for r in rows) for words in (*VERDICT_WORDS.values(), "Not checked")}
+    st.subheader(f"{len(rows)} photos checked", anchor="job-results")
+    st.caption(" · ".join(f"{words}: {count}" for words, count in counts.items() if count))
+    st.dataframe(rows, hide_index=True, key="job_table")
+    try:
+        csv_text = job_csv(settings.api_url, job["status_url"], settings.timeout_s)
+    except (ApiProblem, requests.RequestException):
+        st.caption("The CSV could not be fetched; the table above has every result.")
+        return
+    st.download_button("Download CSV", csv_text, file_name=f"leaf-check-{job['job_id']}.csv", mime="text/csv",
+                       key="job_csv", icon=":material/download:")
+
+
 def problem_ui(problem: ApiProblem) -> None:
     st.error(f"**{problem.title}** {problem.advice}", icon=":material/error:")
 
@@ -688,7 +791,7 @@ def main() -> None:
     header_ui()
     notice_area = st.container()
     results_area = st.container()
-    upload_tab, sample_tab = st.tabs(["Your photos", "Sample leaves"])
+    upload_tab, sample_tab, many_tab = st.tabs(["Your photos", "Sample leaves", "Many photos"])
     details = st.expander("Details")
     with details:
         settings, model, problem = details_ui()
@@ -699,6 +802,8 @@ def main() -> None:
         images = upload_form_ui()
     with sample_tab:
         images = sample_picker_ui(names) or images
+    with many_tab:
+        many_photos_ui(settings, names)
     if images:
         classify(settings, images, names)
     with results_area:

@@ -2,7 +2,9 @@
 
 Scores every file under FOLDER in batches; a file that is not a usable image gets a row with the
 reason instead of stopping the run. `--explain-dir DIR` also saves, per image, where the model looked (the
-class-activation map over the photo as the network saw it, inference/explain.py) as DIR/<file>.png.
+class-activation map over the photo as the network saw it, inference/explain.py) as DIR/<file>.png. With
+`--cluster URL` the folder is sent to the job API of a running cluster instead (jobs/client.py) and the same CSV
+comes back.
 """
 from __future__ import annotations
 
@@ -15,13 +17,11 @@ from typing import Iterator
 
 from tqdm import tqdm
 
-from inference.bundle import DEFAULT_BUNDLE_PATH, load_bundle
+from inference.bundle import DEFAULT_BUNDLE_PATH, ModelBundle, load_bundle
 from inference.images import InvalidImage, decode_image
 from inference.predict import predict
+from inference.rows import FIELDS, error_row, prediction_row
 from model.verdict import VERDICTS
-
-FIELDS = ["file", "status", "verdict", "leaf_score", "verdict_reason", "class_name", "display_name", "probability",
-          "top_k", "error"]
 
 
 def iter_files(folder: Path) -> Iterator[Path]:
@@ -38,10 +38,11 @@ def save_overlay(explain_dir: Path, name: str, overlay_b64: str) -> None:
 
 
 def score_folder(folder: Path, out: Path, model: Path = DEFAULT_BUNDLE_PATH, batch_size: int = 32, top_k: int = 3,
-                 device: str | None = None, explain_dir: Path | None = None) -> dict[str, int]:
+                 device: str | None = None, explain_dir: Path | None = None,
+                 bundle: ModelBundle | None = None) -> dict[str, int]:
     """Write one CSV row per file (and an overlay PNG per image into `explain_dir`); returns counts of ok and
-    error rows."""
-    bundle = load_bundle(model, device=device)
+    error rows. `bundle`: already loaded (benchmarks time the scoring alone)."""
+    bundle = bundle or load_bundle(model, device=device)
     files = list(iter_files(folder))
     counts = {"ok": 0, "error": 0, **dict.fromkeys(VERDICTS, 0)}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -56,16 +57,12 @@ def score_folder(folder: Path, out: Path, model: Path = DEFAULT_BUNDLE_PATH, bat
                     images.append(decode_image(path.read_bytes()))
                     good.append(name)
                 except (InvalidImage, OSError) as exc:
-                    writer.writerow({"file": name, "status": "error", "error": str(exc)})
+                    writer.writerow(error_row(name, str(exc)))
                     counts["error"] += 1
             for name, pred in zip(good, predict(bundle, images, top_k, explain=explain_dir is not None)):
                 if explain_dir is not None:
                     save_overlay(explain_dir, name, pred.explanation["overlay_png"])
-                top = ";".join(f"{s.class_name}:{s.probability:.4f}" for s in pred.top_k)
-                writer.writerow({"file": name, "status": "ok", "verdict": pred.verdict,
-                                 "leaf_score": f"{pred.leaf_score:.4f}", "verdict_reason": pred.verdict_reason or "",
-                                 "class_name": pred.class_name,
-                                 "display_name": pred.display_name, "probability": f"{pred.probability:.6f}", "top_k": top})
+                writer.writerow(prediction_row(name, pred.to_dict()))
                 counts["ok"] += 1
                 counts[pred.verdict] += 1
             bar.update(min(batch_size, len(files) - start))
@@ -82,9 +79,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA if available)")
     parser.add_argument("--explain-dir", type=Path, default=None,
                         help="also save where the model looked, one PNG overlay per image, into this folder")
+    parser.add_argument("--cluster", default=None, metavar="URL",
+                        help="score on a running cluster's job API (e.g. http://127.0.0.1:5000) instead of here")
+    parser.add_argument("--token", default=None, help="API token for --cluster (default: TOMATO_API_TOKEN)")
     args = parser.parse_args(argv)
     if not args.folder.is_dir():
         parser.error(f"{args.folder} is not a folder")
+    if args.cluster:
+        if args.explain_dir:
+            parser.error("--explain-dir works with local scoring only, not with --cluster")
+        from jobs.client import score_on_cluster  # HTTP only: no model is loaded here
+
+        counts = score_on_cluster(args.cluster, list(iter_files(args.folder)), args.folder, args.out, args.token)
+        print(f"scored {counts['ok']} images on {args.cluster}, {counts['error']} unreadable files -> {args.out}")
+        return 0
     counts = score_folder(args.folder, args.out, args.model, args.batch_size, args.top_k, args.device,
                           args.explain_dir)
     print(f"scored {counts['ok']} images ({counts['diagnosed']} diagnosed, {counts['uncertain']} uncertain, "

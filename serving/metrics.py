@@ -5,7 +5,7 @@ Under `python flask_server.py --workers N` (N > 1) prometheus-client runs in mul
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -23,6 +23,9 @@ class ServerMetrics:
     batch_size: Histogram
     batch_seconds: Histogram
     queue_depth: Gauge
+    # collectors that read their values from outside the process at scrape time (the job queue in Redis): rendered
+    # as they are, in multiprocess mode too, where summing over workers would multiply them
+    live: CollectorRegistry = field(default_factory=CollectorRegistry)
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
@@ -31,10 +34,10 @@ class ServerMetrics:
     def render(self) -> bytes:
         """The text exposition: this app's registry, or in multiprocess mode every live worker's samples summed."""
         if not multiprocess_metrics():
-            return generate_latest(self.registry)
+            return generate_latest(self.registry) + generate_latest(self.live)
         merged = CollectorRegistry()
         MultiProcessCollector(merged)
-        return generate_latest(merged)
+        return generate_latest(merged) + generate_latest(self.live)
 
 
 def create_metrics() -> ServerMetrics:

