@@ -76,7 +76,8 @@ class JobQueue:
         Redis can lose a message outright: a worker's BRPOP takes it off the queue and kombu records it as
         unacknowledged in a second command, so Redis going down between the two leaves it nowhere. Once a job has
         not moved for twice the redelivery bound, each unanswered chunk that is neither queued, unacknowledged nor
-        being scored is sent again (a duplicate would be harmless: writes are idempotent). Runs when a client
+        being scored is sent again (a duplicate would be harmless: writes are idempotent; a worker's "scoring" mark
+        lasts at most the redelivery bound, so a worker that hung holding a chunk does not hold it for ever). Runs when a client
         reads the job; the queue is scanned only for stalled jobs."""
         s = self.settings
         moved = max(float(meta.get(k) or 0) for k in ("created", "progress_at", "resent_at"))

@@ -39,6 +39,7 @@ class _Worker:
     bundle: ModelBundle | None = None
     store: JobStore | None = None
     heartbeat_key: str | None = None
+    working_mark_s: int = 65  # how long "a worker is scoring this chunk" holds without an answer (load_worker)
     stop = threading.Event()
 
 
@@ -49,6 +50,9 @@ def load_worker(settings: JobSettings) -> None:
                                  device=os.environ.get("TOMATO_DEVICE", "auto"),
                                  backend=os.environ.get("TOMATO_BACKEND", "auto"), threads=settings.threads)
     _Worker.store = JobStore(connect(settings.redis_url), settings.result_ttl_s)
+    # A chunk is scored in well under a second; a marker older than the redelivery bound belongs to a worker that
+    # died or hung (seen once across a Redis restart), and must not keep the API from sending that chunk again.
+    _Worker.working_mark_s = settings.visibility_timeout_s + settings.restore_interval_s
     _Worker.heartbeat_key = f"{WORKER_PREFIX}{socket.gethostname()}:{os.getpid()}"
     threading.Thread(target=_heartbeat, name="heartbeat", daemon=True).start()
 
@@ -95,7 +99,7 @@ def score_chunk(job_id: str, chunk: int, indices: list[int], top_k: int, enqueue
     if state not in ("queued", "running"):  # cancelled, failed, done (a redelivery) or expired: nothing to do
         return {"skipped": state}
     working = store.key(job_id, f"working:{chunk}")
-    store.redis.set(working, os.getpid(), ex=store.ttl_s)
+    store.redis.set(working, os.getpid(), ex=_Worker.working_mark_s)
     try:
         data = store.take_input(job_id, chunk)
         if data is None:
