@@ -25,7 +25,7 @@ from inference.predict import explain_prediction, preprocess
 from jobs.api import register as register_jobs
 from model.verdict import NOT_A_TOMATO_LEAF
 from serving import kserve_v2
-from serving.auth import token_from_environment, token_matches, validate_token
+from serving.auth import require_token, token_from_environment, validate_token
 from serving.errors import IMAGE_ERROR_STATUS, ApiError
 from serving.feedback import FeedbackStore, FeedbackStoreFull
 from serving.http_errors import register as register_http_layer_errors
@@ -33,7 +33,7 @@ from serving.metrics import create_metrics
 from serving.multipart import ApiRequest
 from serving.openapi import openapi_spec
 from serving.swap import ModelSwapper, served_versions
-from serving.scoring import count_answers, parse_flag, submit, wait_all
+from serving.scoring import count_answers, decode_or_error, parse_flag, parse_top_k, submit, wait_all
 from serving.uploads import read_uploads
 from serving.workers import announce_if_all_ready, mark_ready, ready_workers
 
@@ -145,32 +145,6 @@ def state() -> ServiceState:
     return current_app.extensions["tomato"]
 
 
-def check_token() -> None:
-    token = current_app.config["API_TOKEN"]
-    if token is None:
-        return
-    if not token_matches(request.headers, token):
-        raise ApiError(401, "unauthorized", "missing or wrong API token", {"WWW-Authenticate": "Bearer"})
-
-
-def parse_top_k(bundle: ModelBundle) -> int:
-    raw = request.args.get("top_k", current_app.config["TOP_K"])
-    try:
-        top_k = int(raw)
-    except (TypeError, ValueError):
-        raise ApiError(400, "bad_parameter", f"top_k must be an integer, got {raw!r}") from None
-    if not 1 <= top_k <= len(bundle.class_names):
-        raise ApiError(400, "bad_parameter", f"top_k must be between 1 and {len(bundle.class_names)}")
-    return top_k
-
-
-def decode_or_error(data: bytes, filename: str) -> Any:
-    try:
-        return decode_image(data, max_pixels=int(current_app.config["MAX_IMAGE_PIXELS"]))
-    except InvalidImage as exc:
-        raise ApiError(IMAGE_ERROR_STATUS.get(exc.code, 400), exc.code, f"{filename}: {exc}") from None
-
-
 def image_error(upload: Any, exc: InvalidImage) -> dict[str, Any]:
     """A bad file's place in `predictions` when other files of the same request were answered."""
     return {"filename": upload.filename, "error": {"code": exc.code, "message": str(exc)}}
@@ -239,9 +213,9 @@ def register_routes(app: Flask) -> None:
 
     @app.post("/predict")
     def predict() -> Response:
-        check_token()
+        require_token()
         bundle, batcher = state().require_ready()
-        top_k = parse_top_k(bundle)
+        top_k = parse_top_k(len(bundle.class_names))
         explain = parse_flag("explain", request.args.get("explain"))
         uploads = read_uploads(request, int(current_app.config["MAX_FILES"]))
         decode_started = time.perf_counter()
@@ -284,7 +258,7 @@ def register_routes(app: Flask) -> None:
 
     @app.post("/feedback")
     def feedback() -> tuple[Response, int]:
-        check_token()
+        require_token()
         bundle, _ = state().require_ready()
         if request.mimetype not in ("multipart/form-data", "application/x-www-form-urlencoded"):
             raise ApiError(415, "unsupported_media_type", "send multipart/form-data with file, correct_class, ...")

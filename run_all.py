@@ -46,20 +46,39 @@ def stop_all(children: list[subprocess.Popen], grace_s: float = GRACE_S) -> None
         child.wait()
 
 
+class StopFlag:
+    """Set by SIGINT or SIGTERM. The handler only sets it: never re-entered, never raises. Install it before
+    starting children, so a Ctrl-C during start-up still stops them."""
+
+    def __init__(self) -> None:
+        self.set = False
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.set = True
+
+
+def supervise(children: dict[str, subprocess.Popen], stop: StopFlag, label: str) -> int:
+    """Wait for a stop signal (status 0) or for any child to exit (its status, at least 1): one failing child (a
+    port in use, a broken install) must bring the others down, not leave them running alone."""
+    while not stop.set:
+        exited = [(name, child) for name, child in children.items() if child.poll() is not None]
+        if exited:
+            name, child = exited[0]
+            print(f"{label}: {name} exited with status {child.returncode}; stopping the rest", file=sys.stderr)
+            return child.returncode or 1
+        time.sleep(0.2)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--api-port", type=int, default=5000)
     parser.add_argument("--page-port", type=int, default=8501)
     args = parser.parse_args(argv)
 
-    stopping = False
-
-    def request_stop(signum: int, frame: object) -> None:  # only sets a flag: never re-entered, never raises
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    stop = StopFlag()
     bin_dir = Path(sys.executable).parent
     api_url = f"http://127.0.0.1:{args.api_port}"
     children = {
@@ -68,15 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         "the page": start([str(bin_dir / "streamlit"), "run", "streamlit.py", "--server.port", str(args.page_port)],
                           env={"TOMATO_API_URL": api_url}),
     }
-    status = 0
-    while not stopping:
-        exited = [(name, child) for name, child in children.items() if child.poll() is not None]
-        if exited:  # one of them failed (a port in use, a broken install): stop the other, report the failure
-            name, child = exited[0]
-            status = child.returncode or 1
-            print(f"run_all: {name} exited with status {child.returncode}; stopping the other", file=sys.stderr)
-            break
-        time.sleep(0.2)
+    status = supervise(children, stop, "run_all")
     print("run_all: stopping the API and the page ...", flush=True)
     stop_all(list(children.values()))
     print("run_all: stopped", flush=True)

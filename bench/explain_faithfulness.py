@@ -165,8 +165,8 @@ def write_doc(result: dict, path: Path, grey: dict | None = None) -> None:
         grey_note = (f"\n\n**Why blur and not grey.** Hiding cells with flat grey (`--fill grey`, model "
                      f"{grey['model']['version']}) gives areas {g[0]:.3f} (hottest first), {g[1]:.3f} (random) and "
                      f"{g[2]:.3f} (coldest first): " + ("random falls fastest. Scattered hard-edged grey squares look "
-                     "like the shuffled-tile pictures the 2.x model was trained to reject (the likely reason), so its disease "
-                     "probability drops towards uniform whatever was hidden; that measures the reject training, "
+                     "like the shuffled-tile pictures the 2.x model was trained to reject (the likely reason), so its "
+                     "disease probability drops towards uniform whatever was hidden; that measures the reject training, "
                      "not the map." if g[1] < g[0] else "the same ranking as with blur."))
     path.write_text(f"""# Where the model looked: class-activation maps and how faithful they are
 

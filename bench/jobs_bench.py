@@ -30,6 +30,7 @@ import redis
 import requests
 
 from bench.cpu import session_cpu_s
+from run_all import stop_all
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "plantvillage_tomato"
@@ -119,9 +120,8 @@ class Cluster:
         return time.perf_counter() - started
 
     def stop(self) -> None:
-        for process in [self.api, *self.workers]:
-            _stop(process)
-        _stop(self.redis)
+        stop_all([self.api, *self.workers], grace_s=30)
+        stop_all([self.redis], grace_s=30)  # last: workers hand back what they hold before Redis goes
 
 
 def submit(url: str, files: list[Path]) -> dict:
@@ -238,7 +238,7 @@ def redis_benchmark(workdir: Path, chunk_bytes: int) -> dict:
                 figures[f"{name} {size} B"] = float(rate)
         return figures
     finally:
-        _stop(server)
+        stop_all([server], grace_s=30)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -307,20 +307,6 @@ def _wait(condition, timeout: float, what: str) -> None:
             pass
         time.sleep(0.2)
     raise TimeoutError(f"{what} not ready after {timeout:.0f} s")
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    process.wait()
 
 
 if __name__ == "__main__":

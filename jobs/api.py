@@ -31,8 +31,9 @@ from jobs.store import FINAL_STATES, JobStore, connect
 from jobs.uploads import JobFile, read_job_files
 from model.bundle import read_bundle
 from model.transforms import PreprocessConfig
-from serving.auth import token_matches
+from serving.auth import require_token
 from serving.errors import ApiError
+from serving.scoring import parse_top_k
 
 bp = Blueprint("jobs", __name__)
 RETRY_AFTER_S = 2
@@ -77,8 +78,8 @@ class JobQueue:
         unacknowledged in a second command, so Redis going down between the two leaves it nowhere. Once a job has
         not moved for twice the redelivery bound, each unanswered chunk that is neither queued, unacknowledged nor
         being scored is sent again (a duplicate would be harmless: writes are idempotent; a worker's "scoring" mark
-        lasts at most the redelivery bound, so a worker that hung holding a chunk does not hold it for ever). Runs when a client
-        reads the job; the queue is scanned only for stalled jobs."""
+        lasts at most the redelivery bound, so a worker that hung holding a chunk does not hold it for ever). Runs
+        when a client reads the job; the queue is scanned only for stalled jobs."""
         s = self.settings
         moved = max(float(meta.get(k) or 0) for k in ("created", "progress_at", "resent_at"))
         if time.time() - moved < 2 * (s.visibility_timeout_s + s.restore_interval_s):
@@ -124,23 +125,7 @@ def queue_unavailable(exc: Exception) -> tuple[Response, int, dict[str, str]]:
     return jsonify(error.to_dict()), 503, {"Retry-After": str(RETRY_AFTER_S)}
 
 
-@bp.before_request
-def check_token() -> None:
-    """Every job route needs the API token when one is set (results are the caller's data)."""
-    token = current_app.config["API_TOKEN"]
-    if token is not None and not token_matches(request.headers, token):
-        raise ApiError(401, "unauthorized", "missing or wrong API token", {"WWW-Authenticate": "Bearer"})
-
-
-def parse_top_k(classes: int) -> int:
-    raw = request.args.get("top_k", current_app.config["TOP_K"])
-    try:
-        top_k = int(raw)
-    except (TypeError, ValueError):
-        raise ApiError(400, "bad_parameter", f"top_k must be an integer, got {raw!r}") from None
-    if not 1 <= top_k <= classes:
-        raise ApiError(400, "bad_parameter", f"top_k must be between 1 and {classes}")
-    return top_k
+bp.before_request(require_token)  # every job route: results are the caller's data
 
 
 @bp.post("/v1/jobs")

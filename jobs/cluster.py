@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from run_all import start, stop_all
+from run_all import StopFlag, start, stop_all, supervise
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,14 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args.run_dir.mkdir(parents=True, exist_ok=True)
     redis_url = f"redis://127.0.0.1:{args.redis_port}/0"
     env = {"TOMATO_JOBS_REDIS_URL": redis_url}
-    stopping = False
-
-    def request_stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    stop = StopFlag()
     children = {"redis": start([redis_server, "--port", str(args.redis_port), "--bind", "127.0.0.1", "--dir",
                                 str(args.run_dir.resolve()), "--appendonly", "yes", "--save", ""])}
     children["the API"] = start([sys.executable, "flask_server.py", "--port", str(args.api_port), "--workers",
@@ -52,15 +42,7 @@ def main(argv: list[str] | None = None) -> int:
                                          str(args.threads)], env=env)
     print(f"cluster: Redis {redis_url}, API http://127.0.0.1:{args.api_port}, {args.workers} workers "
           f"(submit: curl -F file=@a.jpg -F file=@b.jpg http://127.0.0.1:{args.api_port}/v1/jobs)", flush=True)
-    status = 0
-    while not stopping:
-        exited = [(name, child) for name, child in children.items() if child.poll() is not None]
-        if exited:
-            name, child = exited[0]
-            status = child.returncode or 1
-            print(f"cluster: {name} exited with status {child.returncode}; stopping the rest", file=sys.stderr)
-            break
-        time.sleep(0.2)
+    status = supervise(children, stop, "cluster")
     print("cluster: stopping ...", flush=True)
     stop_all([c for n, c in children.items() if n != "redis"])
     stop_all([children["redis"]])  # last: workers hand back what they hold before Redis goes

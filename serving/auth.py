@@ -11,6 +11,10 @@ import hmac
 import os
 from typing import Mapping
 
+from flask import current_app, request
+
+from serving.errors import ApiError
+
 TOKEN_ENV = "TOMATO_API_TOKEN"
 SWITCH_WORDS = {"", "0", "false", "no", "off", "none", "null", "nil", "undefined", "disabled", "true", "yes", "on", "1"}
 
@@ -51,3 +55,11 @@ def presented_token(headers: Mapping[str, str]) -> str:
 
 def token_matches(headers: Mapping[str, str], expected: str) -> bool:
     return hmac.compare_digest(presented_token(headers).encode(), expected.encode())
+
+
+def require_token() -> None:
+    """401 unless this request carries the configured API token (no-op when none is set): every route that takes
+    work or returns a caller's data (/predict, /feedback, /v2 infer, /v1/jobs) calls this one check."""
+    token = current_app.config["API_TOKEN"]
+    if token is not None and not token_matches(request.headers, token):
+        raise ApiError(401, "unauthorized", "missing or wrong API token", {"WWW-Authenticate": "Bearer"})

@@ -17,10 +17,10 @@ import torch
 from flask import Blueprint, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from inference import InvalidImage, ModelBundle, decode_image, preprocess
-from serving.auth import token_matches
-from serving.errors import IMAGE_ERROR_STATUS, ApiError
-from serving.scoring import count_answers, submit, wait_all
+from inference import ModelBundle, preprocess
+from serving.auth import require_token
+from serving.errors import ApiError
+from serving.scoring import count_answers, decode_or_error, submit, wait_all
 from serving.v2_codec import HEADER_LENGTH, InferRequest, OutputTensor, bad_request, encode_response, \
     parse_infer_request
 
@@ -110,21 +110,8 @@ def model_ready(name: str, version: str | None = None) -> tuple[Response, int]:
     return jsonify(name=bundle.name, ready=True), 200
 
 
-def _check_token() -> None:
-    token = current_app.config["API_TOKEN"]
-    if token is not None and not token_matches(request.headers, token):
-        raise ApiError(401, "unauthorized", "missing or wrong API token", {"WWW-Authenticate": "Bearer"})
-
-
 def _images_to_tensors(bundle: ModelBundle, files: list[bytes]) -> list[torch.Tensor]:
-    tensors = []
-    for index, data in enumerate(files):
-        try:
-            image = decode_image(data, max_pixels=int(current_app.config["MAX_IMAGE_PIXELS"]))
-        except InvalidImage as exc:
-            raise ApiError(IMAGE_ERROR_STATUS.get(exc.code, 400), exc.code, f"image[{index}]: {exc}") from None
-        tensors.append(preprocess(bundle, image))
-    return tensors
+    return [preprocess(bundle, decode_or_error(data, f"image[{index}]")) for index, data in enumerate(files)]
 
 
 def _input_tensors(bundle: ModelBundle, infer: InferRequest, max_images: int) -> tuple[str, list[Any]]:
@@ -172,7 +159,7 @@ def _outputs(bundle: ModelBundle, infer: InferRequest, results: list[Any]) -> li
 @blueprint.post("/models/<name>/infer")
 @blueprint.post("/models/<name>/versions/<version>/infer")
 def infer(name: str, version: str | None = None) -> Response:
-    _check_token()
+    require_token()
     service = _service()
     bundle, batcher = service.require_ready()  # one consistent pair, even while a model swap lands
     _model(name, version, bundle)

@@ -8,9 +8,12 @@ from typing import Any
 
 import torch
 
-from inference import BatchedResult, MicroBatcher, QueueFull
+from flask import current_app, request
+from PIL import Image
+
+from inference import BatchedResult, InvalidImage, MicroBatcher, QueueFull, decode_image
 from inference.batcher import Announcement, BatcherStopped
-from serving.errors import ApiError
+from serving.errors import IMAGE_ERROR_STATUS, ApiError
 
 def parse_flag(name: str, raw: str | None) -> bool:
     """A true/false query parameter (absent = false); anything else is the client's mistake (400), not a silent
@@ -20,6 +23,27 @@ def parse_flag(name: str, raw: str | None) -> bool:
     if raw == "true":
         return True
     raise ApiError(400, "bad_parameter", f"{name} must be true or false, got {raw!r}")
+
+
+def parse_top_k(classes: int) -> int:
+    """The `top_k` query parameter (default: the TOP_K setting), 400 unless it is 1..classes."""
+    raw = request.args.get("top_k", current_app.config["TOP_K"])
+    try:
+        top_k = int(raw)
+    except (TypeError, ValueError):
+        raise ApiError(400, "bad_parameter", f"top_k must be an integer, got {raw!r}") from None
+    if not 1 <= top_k <= classes:
+        raise ApiError(400, "bad_parameter", f"top_k must be between 1 and {classes}")
+    return top_k
+
+
+def decode_or_error(data: bytes, label: str) -> Image.Image:
+    """The upload as an RGB image within MAX_IMAGE_PIXELS, or the ApiError its InvalidImage code maps to, the
+    message starting with `label` (the file name, or the image's place in the request)."""
+    try:
+        return decode_image(data, max_pixels=int(current_app.config["MAX_IMAGE_PIXELS"]))
+    except InvalidImage as exc:
+        raise ApiError(IMAGE_ERROR_STATUS.get(exc.code, 400), exc.code, f"{label}: {exc}") from None
 
 
 def submit(batcher: MicroBatcher, tensors: list[torch.Tensor], top_k: int,
