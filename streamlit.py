@@ -255,14 +255,15 @@ def fetch_model_info(base_url: str) -> dict[str, Any]:
     return call_api("GET", base_url, "/v1/model", STATUS_TIMEOUT_S)
 
 
-def predict(base_url: str, images: list[ImageFile], top_k: int, timeout_s: float) -> dict[str, Any]:
-    """POST /predict with every image of one submit as a `file` part: one request, one batch on the server. With
-    `explain=true`: each answer carries the overlay the "Show where the model looked" toggle shows without asking
-    the API again (the map comes from the same forward; the overlay costs the server a few per cent)."""
+def predict(base_url: str, images: list[ImageFile], top_k: int, timeout_s: float,
+            explain: bool = False) -> dict[str, Any]:
+    """POST /predict with every image of one submit as a `file` part: one request, one batch on the server.
+    `explain=True` asks for the class-activation overlay too, which costs the server about a quarter more per
+    answer (BENCHMARKS.md, "Explanations"): the page asks for it only when someone turns its toggle on."""
     files = [("file", (image.name, image.data, image.mime)) for image in images]
     name = images[0].name if len(images) == 1 else "One of the photos"
-    return call_api("POST", base_url, "/predict", timeout_s, name=name,
-                    params={"top_k": top_k, "explain": "true"}, files=files)
+    params: dict[str, Any] = {"top_k": top_k, **({"explain": "true"} if explain else {})}
+    return call_api("POST", base_url, "/predict", timeout_s, name=name, params=params, files=files)
 
 
 def submit_job(base_url: str, images: list[ImageFile], timeout_s: float) -> dict[str, Any]:
@@ -622,7 +623,7 @@ def result_ui(settings: Settings, names: dict[str, str], info: dict[str, Any], r
         with left:
             preview_ui(result.image)
             if result.prediction is not None:
-                explanation_ui(result.prediction, key)
+                explanation_ui(settings, result.image, result.prediction, key)
         with right:
             prediction = result.prediction
             if prediction is None:
@@ -638,15 +639,28 @@ def result_ui(settings: Settings, names: dict[str, str], info: dict[str, Any], r
             feedback_ui(settings, names, result.image, prediction, key)
 
 
-def explanation_ui(prediction: dict[str, Any], key: str) -> None:
-    """A toggle that shows where the model looked: the API's class-activation overlay on the photo as it saw it."""
-    explanation = prediction.get("explanation") or {}
-    if not explanation.get("overlay_png"):
+def explanation_ui(settings: Settings, image: ImageFile, prediction: dict[str, Any], key: str) -> None:
+    """A toggle that shows where the model looked: the API's class-activation overlay on the photo as it saw it.
+    The overlay is fetched the first time the toggle is turned on (this photo again, with `explain=true`) and kept
+    for later reruns, so answers nobody asks to explain cost the server nothing extra."""
+    if not st.toggle("Show where the model looked", key=f"{key}-explain"):
         return
-    if st.toggle("Show where the model looked", key=f"{key}-explain"):
-        name = explanation.get("class_name", prediction.get("class_name", "?"))
-        st.image(base64.b64decode(explanation["overlay_png"]), width="stretch",
-                 caption=f"Red: what spoke most for {name.replace('_', ' ')} (centre crop the model saw)")
+    explanation = st.session_state.get(f"{key}-explanation")
+    if explanation is None:
+        try:
+            with st.spinner("Drawing where the model looked…"):
+                body = predict(settings.api_url, [image], settings.top_k, settings.timeout_s, explain=True)
+        except ApiProblem as problem:
+            problem_ui(problem)
+            return
+        explanation = (body.get("predictions") or [{}])[0].get("explanation") or {}
+        st.session_state[f"{key}-explanation"] = explanation
+    if not explanation.get("overlay_png"):
+        st.caption("This server sent no overlay (it may predate explanations).")
+        return
+    name = explanation.get("class_name", prediction.get("class_name", "?"))
+    st.image(base64.b64decode(explanation["overlay_png"]), width="stretch",
+             caption=f"Red: what spoke most for {name.replace('_', ' ')} (centre crop the model saw)")
 
 
 def diagnosed_ui(info: dict[str, Any], prediction: dict[str, Any]) -> None:

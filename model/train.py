@@ -16,6 +16,7 @@ import json
 import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +62,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="keep the stem and this many first MBConv blocks fixed (weights and batch-norm statistics): "
                         "a cheaper fine-tune from --init-from")
     p.add_argument("--oe-weight", type=float, default=0.5, help="weight of the outlier-exposure loss on negatives")
+    p.add_argument("--energy-weight", type=float, default=0.0,
+                   help="weight of the energy-margin loss (Liu et al. 2020): the served leaf score is the energy "
+                        "(logsumexp of the disease logits), so push it above --energy-in on tomato photos and below "
+                        "--energy-out on negatives; 0 = off (models up to 2.1.0)")
+    p.add_argument("--energy-in", type=float, default=6.0, help="logsumexp every tomato photo should reach")
+    p.add_argument("--energy-out", type=float, default=1.0, help="logsumexp no negative should exceed")
     return p.parse_args(argv)
 
 
@@ -96,10 +103,29 @@ def training_negatives(args: argparse.Namespace, train_images: torch.Tensor) -> 
     return torch.cat([real, *made])
 
 
+@dataclass(frozen=True)
+class EnergyMargin:
+    """Squared-hinge margins on the energy (logsumexp of the disease logits). Cross-entropy ignores a shift of all
+    logits, so without this term the energy of a tomato photo is free to sit low; the margins make it the
+    tomato-versus-anything-else score that the served leaf score reads."""
+
+    weight: float = 0.0
+    tomato_at_least: float = 6.0
+    negative_at_most: float = 1.0
+
+    def __call__(self, logits: torch.Tensor, tomato: torch.Tensor) -> torch.Tensor:
+        energy = torch.logsumexp(logits, dim=1)
+        low = torch.relu(self.tomato_at_least - energy[tomato]).pow(2)
+        high = torch.relu(energy[~tomato] - self.negative_at_most).pow(2)
+        parts = [part.mean() for part in (low, high) if part.numel()]
+        return self.weight * sum(parts) if parts else logits.new_zeros(())
+
+
 def training_loss(outputs: torch.Tensor, labels: torch.Tensor, criterion: nn.Module, leaf_head: bool,
-                  leaf_weight: float, oe_weight: float) -> torch.Tensor:
-    """Cross-entropy on the tomato rows; with a leaf head also BCE on the leaf logit (tomato = 1) and outlier
-    exposure (cross-entropy to the uniform distribution) on the disease logits of the negative rows."""
+                  leaf_weight: float, oe_weight: float, margin: EnergyMargin = EnergyMargin()) -> torch.Tensor:
+    """Cross-entropy on the tomato rows; with a leaf head also BCE on the leaf logit (tomato = 1), outlier
+    exposure (cross-entropy to the uniform distribution) on the disease logits of the negative rows and, when
+    weighted, the energy margins."""
     if not leaf_head:
         return criterion(outputs, labels)
     logits, leaf_logit = outputs[:, :-1], outputs[:, -1]
@@ -109,6 +135,8 @@ def training_loss(outputs: torch.Tensor, labels: torch.Tensor, criterion: nn.Mod
         loss = loss + criterion(logits[tomato], labels[tomato])
     if (~tomato).any():
         loss = loss + oe_weight * -torch.log_softmax(logits[~tomato], dim=1).mean()
+    if margin.weight:
+        loss = loss + margin(logits, tomato)
     return loss
 
 
@@ -195,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+    margin = EnergyMargin(args.energy_weight, args.energy_in, args.energy_out)
 
     ckpt_path = args.out / "checkpoint.pt"
     start_epoch, best_acc, history = 0, -1.0, []
@@ -216,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", mininterval=10, miniters=20)
         for images, labels in bar:
             outputs = network(images.contiguous(memory_format=torch.channels_last))
-            loss = training_loss(outputs, labels, criterion, leaf_head, args.leaf_weight, args.oe_weight)
+            loss = training_loss(outputs, labels, criterion, leaf_head, args.leaf_weight, args.oe_weight, margin)
             logits = outputs[:, : len(class_names)]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -118,8 +118,15 @@ def test_batch_scorer_writes_overlays(tiny_bundle_path, tmp_path):
 def test_overlay_png_is_a_lossless_png():
     from inference.explain import rgb_png
 
-    pixels = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
-    for level in (0, 6):
+    noise = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    smooth = np.broadcast_to(np.linspace(0, 255, 53, dtype=np.uint8)[None, :, None], (37, 53, 3))
+    for pixels in (noise, smooth):  # the Up filter's wrap-around and its runs of zeros
+        _assert_round_trip(rgb_png, pixels)
+    assert len(rgb_png(smooth)) < smooth.size // 4  # a smooth image is really compressed, not stored
+
+
+def _assert_round_trip(rgb_png, pixels: np.ndarray) -> None:
+    for level in (0, 1, 3):
         decoded = Image.open(io.BytesIO(rgb_png(pixels, level)))
         assert decoded.mode == "RGB" and (np.asarray(decoded) == pixels).all()
 

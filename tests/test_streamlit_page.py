@@ -254,10 +254,16 @@ def test_show_where_the_model_looked_toggles_the_overlay(monkeypatch, tiny_serve
     toggles = [t for t in at.toggle if t.label == "Show where the model looked"]
     assert len(toggles) == 1 and toggles[0].value is False
     assert image_captions(at) == ["Septoria_leaf_spot_2.jpg"]
+    outcome = at.session_state["outcome"]
+    assert "explanation" not in outcome.results[0].prediction  # the answer was not explained: no overlay to pay for
     toggles[0].set_value(True).run()
     assert_no_page_failure(at)
     captions = image_captions(at)
     assert len(captions) == 2 and captions[1].startswith("Red: what spoke most for")
+    fetched = at.session_state[f"r{outcome.number}-0-explanation"]  # asked for when the toggle went on, then kept
+    assert fetched["shape"] and fetched["overlay_png"]
+    at.run()
+    assert image_captions(at) == captions
 
 
 def test_a_low_confidence_guess_is_not_sure_without_treatment_advice(monkeypatch, legacy_tiny_bundle_path,

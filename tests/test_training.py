@@ -128,6 +128,24 @@ def test_energy_map_stays_inside_zero_and_one_when_the_groups_separate_completel
     assert len(leaf[:200].unique()) > 100  # so tomato photos still differ and a quantile can sit between them
 
 
+def test_energy_margin_pushes_tomato_energy_up_and_negative_energy_down_only_past_the_margins():
+    from model.train import NEGATIVE, EnergyMargin, training_loss
+
+    margin = EnergyMargin(weight=0.1, tomato_at_least=5.0, negative_at_most=2.0)
+    logits = torch.zeros(2, 10, requires_grad=True)  # energy log(10) = 2.30 for both rows
+    loss = margin(logits, torch.tensor([True, False]))
+    loss.backward()
+    assert loss.item() > 0
+    assert (logits.grad[0] < 0).all() and (logits.grad[1] > 0).all()  # descent raises row 0's energy, lowers row 1's
+    settled = torch.tensor([[9.0] + [0.0] * 9, [-3.0] * 10])  # energies above 5 and below 2: nothing to push
+    assert margin(settled, torch.tensor([True, False])).item() == 0.0
+    outputs = torch.cat([settled, torch.zeros(2, 1)], dim=1)  # with the leaf logit column
+    labels = torch.tensor([0, NEGATIVE])
+    criterion = torch.nn.CrossEntropyLoss()
+    assert torch.isclose(training_loss(outputs, labels, criterion, True, 1.0, 0.5, margin),
+                         training_loss(outputs, labels, criterion, True, 1.0, 0.5))
+
+
 def test_auroc_is_the_probability_of_ranking_a_positive_first():
     from model.reject import auroc
 
