@@ -14,8 +14,13 @@ from pathlib import Path
 import torch
 
 from model.bundle import file_sha256
+from model.reject import (LEAF_ACCEPT_QUANTILE, LEAF_REJECT_QUANTILE, PROBABILITY_QUANTILE, QUALITY_FACTOR,
+                          QUALITY_QUANTILE)
 
 DATA = "../shared/data/plantvillage_tomato"
+
+
+QUALITY_HOW = f"{QUALITY_FACTOR:g} × the {100 * QUALITY_QUANTILE:g} % quantile on validation leaves"
 
 
 def pct(x: float) -> str:
@@ -60,13 +65,20 @@ def robustness_table(ev: dict) -> str:
     return "\n".join(rows)
 
 
+def _q(quantile: float) -> str:
+    return f"{100 * quantile:g} %"
+
+
 RULE_ROWS = (
-    ("leaf_reject", "leaf score below → `not_tomato_leaf`", "0.3 % quantile of the validation leaves' leaf scores"),
-    ("min_saturation", "mean chroma below → `uncertain` (greyscale)", "half the 0.2 % quantile on validation leaves"),
-    ("min_brightness", "mean intensity below → `uncertain` (dark)", "half the 0.2 % quantile on validation leaves"),
-    ("min_sharpness", "mean abs. Laplacian below → `uncertain` (blurred)", "half the 0.2 % quantile on validation leaves"),
-    ("leaf_accept", "leaf score below → `uncertain` (unclear leaf)", "0.5 % quantile of the validation leaves' leaf scores"),
-    ("min_probability", "calibrated top-1 below → `uncertain` (classes close)", "0.3 % quantile on validation leaves"),
+    ("leaf_reject", "leaf score below → `not_tomato_leaf`",
+     f"{_q(LEAF_REJECT_QUANTILE)} quantile of the validation leaves' leaf scores"),
+    ("min_saturation", "mean chroma below → `uncertain` (greyscale)", QUALITY_HOW),
+    ("min_brightness", "mean intensity below → `uncertain` (dark)", QUALITY_HOW),
+    ("min_sharpness", "mean abs. Laplacian below → `uncertain` (blurred)", QUALITY_HOW),
+    ("leaf_accept", "leaf score below → `uncertain` (unclear leaf)",
+     f"{_q(LEAF_ACCEPT_QUANTILE)} quantile of the validation leaves' leaf scores"),
+    ("min_probability", "calibrated top-1 below → `uncertain` (classes close)",
+     f"{_q(PROBABILITY_QUANTILE)} quantile on validation leaves"),
 )
 
 

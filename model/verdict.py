@@ -3,9 +3,9 @@
 A classifier trained on ten tomato conditions answers every picture with one of them. The verdict says whether
 that answer should be acted on:
 
-- "not_tomato_leaf": the leaf score (does this look like the tomato-leaf photos the network knows? By default the
-  energy of its disease logits, which outlier exposure trained to be low on anything else, mapped to 0..1) is below
-  `leaf_reject`;
+- "not_tomato_leaf": the leaf score (does this look like the tomato-leaf photos the network knows? From 2.2.0 a
+  logistic combination of the energy of its disease logits, which outlier exposure trained to be low on anything
+  else, and the leaf head's logit; up to 2.1.0 the energy alone) is below `leaf_reject`;
 - "uncertain": it looks like a leaf, but the photo is poor (greyscale, dark, blurred: simple statistics of the
   network's own input tensor), the leaf score is only middling, or the top class is not clearly ahead;
 - "diagnosed": none of the above.
@@ -30,9 +30,11 @@ class VerdictRule:
     """Thresholds of the verdict; stored in the bundle under "verdict_rule"."""
 
     leaf_source: str = "energy"  # "energy": sigmoid(energy_scale * logsumexp(disease logits) + energy_shift);
+    #                              "energy_and_leaf_head": the same plus leaf_head_weight * the leaf head's logit;
     #                              "leaf_head": sigmoid of the extra output; "top_probability" (1.x bundles)
-    energy_scale: float = 1.0  # logistic fit of "tomato photo vs not" on the energy (model.reject)
+    energy_scale: float = 1.0  # logistic fit of "tomato photo vs not" on the energy (and leaf logit) (model.reject)
     energy_shift: float = 0.0
+    leaf_head_weight: float = 0.0
     leaf_reject: float = 0.5  # leaf score below this: not_tomato_leaf
     leaf_accept: float = 0.5  # leaf score below this (and not rejected): uncertain, "unclear_leaf"
     min_probability: float = 0.6  # calibrated top-1 probability below this: uncertain, "classes_close"
@@ -77,9 +79,11 @@ def image_statistics(batch: torch.Tensor, mean: tuple[float, ...], std: tuple[fl
 def leaf_scores(rule: VerdictRule, outputs: torch.Tensor, classes: int, probabilities: torch.Tensor) -> torch.Tensor:
     """(N,) leaf score in [0, 1] from the network's outputs (`classes` disease logits, then the leaf logit when the
     network has a leaf head) or, for 1.x bundles, the top-1 probability."""
-    if rule.leaf_source == "energy":
-        energy = torch.logsumexp(outputs[:, :classes].float(), dim=1)
-        return torch.sigmoid(rule.energy_scale * energy + rule.energy_shift)
+    if rule.leaf_source in ("energy", "energy_and_leaf_head"):
+        logit = rule.energy_scale * torch.logsumexp(outputs[:, :classes].float(), dim=1) + rule.energy_shift
+        if rule.leaf_source == "energy_and_leaf_head":
+            logit = logit + rule.leaf_head_weight * outputs[:, classes].float()
+        return torch.sigmoid(logit)
     if rule.leaf_source == "leaf_head":
         return torch.sigmoid(outputs[:, classes].float())
     return probabilities.max(1).values

@@ -146,6 +146,19 @@ def test_energy_margin_pushes_tomato_energy_up_and_negative_energy_down_only_pas
                          training_loss(outputs, labels, criterion, True, 1.0, 0.5))
 
 
+def test_leaf_map_combines_two_scores_and_uses_the_one_that_separates():
+    from model.reject import fit_leaf_map
+
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(400, generator=generator)
+    tomato = torch.stack([noise[:200], torch.linspace(2, 6, 200)], 1)  # column 0: noise; column 1: separates
+    other = torch.stack([noise[200:], torch.linspace(-6, 1, 200)], 1)
+    weights, shift = fit_leaf_map(tomato, other)
+    leaf = torch.sigmoid(torch.cat([tomato, other]).double() @ torch.tensor(weights, dtype=torch.double) + shift)
+    assert weights[1] > 0 and abs(weights[0]) < weights[1] / 5
+    assert leaf[:200].min() > 0.5 > leaf[200:].max() and 0 < leaf.min() and leaf.max() < 1
+
+
 def test_auroc_is_the_probability_of_ranking_a_positive_first():
     from model.reject import auroc
 
@@ -175,5 +188,5 @@ def test_training_with_negatives_adds_a_leaf_head_and_reject_stores_a_rule(tmp_p
                              "--limit", "12", "--store"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert reject.returncode == 0, reject.stderr[-3000:]
     rule = torch.load(out / "bundle.pt", weights_only=True)["verdict_rule"]
-    assert rule["leaf_source"] == "energy" and 0 <= rule["leaf_reject"] <= rule["leaf_accept"] <= 1
+    assert rule["leaf_source"] == "energy_and_leaf_head" and 0 <= rule["leaf_reject"] <= rule["leaf_accept"] <= 1
     assert (tmp_path / "reject" / "roc_curves.png").exists()

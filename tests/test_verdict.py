@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import pytest
 import torch
@@ -88,6 +89,20 @@ def test_the_energy_leaf_score_follows_the_stored_map(tmp_path):
     assert predict(bundle, [leaf])[0].leaf_score == pytest.approx(expected, abs=1e-5)
 
 
+def test_the_combined_leaf_score_adds_the_leaf_head_logit_with_its_stored_weight(tmp_path):
+    """From 2.2.0: leaf_score = sigmoid(scale * logsumexp(disease logits) + weight * leaf logit + shift)."""
+    leaf = _leaf()
+    rule = VerdictRule("energy_and_leaf_head", energy_scale=0.5, energy_shift=-1.0, leaf_head_weight=0.7,
+                       leaf_reject=0.0, leaf_accept=0.0)
+    bundle = _bundle_with_rule(tmp_path / "combined.pt", rule, True)
+    outputs = bundle.engine(bundle.transform(leaf)[None])
+    logits, leaf_logit = outputs[:, : len(CLASSES)], outputs[:, len(CLASSES)]
+    expected = torch.sigmoid(0.5 * torch.logsumexp(logits, 1) + 0.7 * leaf_logit - 1.0).item()
+    assert predict(bundle, [leaf])[0].leaf_score == pytest.approx(expected, abs=1e-5)
+    energy_only = _bundle_with_rule(tmp_path / "energy.pt", replace(rule, leaf_source="energy"), True)
+    assert predict(energy_only, [leaf])[0].leaf_score != pytest.approx(expected, abs=1e-5)  # the weight counts
+
+
 def test_a_bundle_without_leaf_head_or_rule_gets_the_documented_default(tmp_path):
     bundle = _bundle_with_rule(tmp_path / "old.pt", None, False)
     assert bundle.verdict_rule == LEGACY_RULE
@@ -106,7 +121,7 @@ def test_every_sample_leaf_is_diagnosed_and_right(shipped_bundle):
 
 
 def test_shipped_model_says_when_a_photo_is_not_a_tomato_leaf(shipped_bundle):
-    assert shipped_bundle.verdict_rule.leaf_source == "energy"
+    assert shipped_bundle.verdict_rule.leaf_source == "energy_and_leaf_head"
     predictions = predict(shipped_bundle, [decode_image(p.read_bytes()) for p in NOT_LEAF_SAMPLES])
     assert [p.verdict for p in predictions] == ["not_tomato_leaf"] * len(NOT_LEAF_SAMPLES)
     assert all(p.leaf_score < shipped_bundle.verdict_rule.leaf_reject for p in predictions)
