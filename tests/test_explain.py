@@ -125,6 +125,27 @@ def test_overlay_png_is_a_lossless_png():
     assert len(rgb_png(smooth)) < smooth.size // 4  # a smooth image is really compressed, not stored
 
 
+def test_overlay_is_the_upsampled_heat_blended_over_the_photo():
+    """Checked against a plain per-pixel reference: F.interpolate, the ramp from its formula, an (H, W, 3) blend."""
+    from torch.nn import functional as F
+
+    from inference.explain import OVERLAY_ALPHA, overlay_png
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    photo = torch.rand(3, 64, 96) * 0.2 + 0.4  # a mid-grey photo with noise, so the heat's colour shows
+    tensor = (photo - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    cam = torch.zeros(2, 3)
+    cam[0, 0] = 1.0  # hot in the top-left cell only
+    overlay = np.asarray(Image.open(io.BytesIO(overlay_png(tensor, cam, mean, std)))).astype(int)
+    heat = F.interpolate(cam[None, None], size=(64, 96), mode="bilinear", align_corners=False)[0, 0]
+    steps = (heat.clamp(0, 1) * 255).round() * 4 / 255
+    ramp = (1.5 - (steps[..., None] - torch.tensor([3.0, 2.0, 1.0])).abs()).clamp(0, 1).mul(255).round()
+    expected = (photo.permute(1, 2, 0) * 255 * (1 - OVERLAY_ALPHA) + ramp * OVERLAY_ALPHA).round().numpy()
+    assert overlay.shape == (64, 96, 3) and np.abs(overlay - expected).max() <= 1
+    assert overlay[0, 0, 0] > overlay[0, 0, 2] + 20  # hot corner: red over blue
+    assert overlay[-1, -1, 2] > overlay[-1, -1, 0] + 20  # cold corner: blue over red
+
+
 def _assert_round_trip(rgb_png, pixels: np.ndarray) -> None:
     for level in (0, 1, 3):
         decoded = Image.open(io.BytesIO(rgb_png(pixels, level)))
