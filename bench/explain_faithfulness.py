@@ -184,16 +184,21 @@ def _gradcam_note(result: dict, gradcam: dict | None) -> str:
     cam = [gradcam["served_map_same_photos"]["curves"][o]["auc"] for o in ORDERS]
     fine = [gradcam["curves"][o]["auc"] for o in ORDERS]
     gap_cam, gap_fine = cam[1] - cam[0], fine[1] - fine[0]
-    verdict = ("hiding its hottest cells first does lower the probability faster than random" if gap_fine > 0.01
-               else "it does not do clearly better than random either")
+    if gap_fine > 0.01:
+        verdict = "Grad-CAM's hottest cells do lower the probability faster than random ones"
+    elif gap_fine < -0.01:
+        verdict = ("Grad-CAM's hottest cells lower the probability more slowly than random ones: the finer map is "
+                   "less faithful, not more")
+    else:
+        verdict = "Grad-CAM's hottest cells do no better than random ones either"
     return f"""
 
 **A finer map, measured (`--method gradcam`).** Grad-CAM at the last stride-16 block ({gradcam['grid'][0]} x
 {gradcam['grid'][1]} cells of {gradcam['cell_px']} px; eager PyTorch, one backward per image), on the first
 {gradcam['images']} test photos with the same blur fill: areas {fine[0]:.3f} (hottest first), {fine[1]:.3f}
 (random) and {fine[2]:.3f} (coldest first), a random-minus-hottest gap of {gap_fine:+.3f}; the served map on the
-same photos: {cam[0]:.3f}, {cam[1]:.3f} and {cam[2]:.3f}, a gap of {gap_cam:+.3f}. So for Grad-CAM {verdict}. The served map stays the class-activation map of the last layer: it is the one that
-comes from the same forward at no extra cost (BENCHMARKS.md, "Explanations"); Grad-CAM would need eager PyTorch
+same photos: {cam[0]:.3f}, {cam[1]:.3f} and {cam[2]:.3f}, a gap of {gap_cam:+.3f}. So {verdict}. The served map stays the class-activation map of the last layer: it
+is the one that comes from the same forward at no extra cost (BENCHMARKS.md, "Explanations"); Grad-CAM would need eager PyTorch
 and a backward pass per image on the server ({'a finer and more faithful map, for' if gap_fine > gap_cam + 0.01 else 'for no clear gain in faithfulness and'} several times the cost of the answer)."""
 
 

@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--raw-dir", type=Path, default=None,
+                        help="also keep each process's collapsed stacks here (PID.txt), for inclusive breakdowns")
     args = parser.parse_args(argv)
     if not PY_SPY.exists():
         raise SystemExit(f"{PY_SPY} missing: make peers-venv")
@@ -88,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
               f"p50 {result['r'].p50_ms:.0f} ms; CPU ms per answer {cpu}")
         for pid in pids:
             raw_file = work / f"{pid}.txt"
+            if args.raw_dir and raw_file.exists():
+                args.raw_dir.mkdir(parents=True, exist_ok=True)
+                (args.raw_dir / raw_file.name).write_bytes(raw_file.read_bytes())
             name = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")[:90].decode(errors="replace") \
                 if Path(f"/proc/{pid}").exists() else str(pid)
             frames = top_frames(raw_file.read_text(), args.top) if raw_file.exists() else []
