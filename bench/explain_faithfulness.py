@@ -197,9 +197,9 @@ def _gradcam_note(result: dict, gradcam: dict | None) -> str:
 {gradcam['grid'][1]} cells of {gradcam['cell_px']} px; eager PyTorch, one backward per image), on the first
 {gradcam['images']} test photos with the same blur fill: areas {fine[0]:.3f} (hottest first), {fine[1]:.3f}
 (random) and {fine[2]:.3f} (coldest first), a random-minus-hottest gap of {gap_fine:+.3f}; the served map on the
-same photos: {cam[0]:.3f}, {cam[1]:.3f} and {cam[2]:.3f}, a gap of {gap_cam:+.3f}. So {verdict}. The served map stays the class-activation map of the last layer: it
-is the one that comes from the same forward at no extra cost (BENCHMARKS.md, "Explanations"); Grad-CAM would need eager PyTorch
-and a backward pass per image on the server ({'a finer and more faithful map, for' if gap_fine > gap_cam + 0.01 else 'for no clear gain in faithfulness and'} several times the cost of the answer)."""
+same photos: {cam[0]:.3f}, {cam[1]:.3f} and {cam[2]:.3f}, a gap of {gap_cam:+.3f}. So {verdict}.
+The served map stays the class-activation map of the last layer: it is the one that comes from the same forward at
+no extra cost (BENCHMARKS.md, "Explanations"); Grad-CAM would need eager PyTorch and a backward pass per image on the server ({'a finer and more faithful map, for' if gap_fine > gap_cam + 0.01 else 'for no clear gain in faithfulness and'} several times the cost of the answer)."""
 
 
 def write_doc(result: dict, path: Path, grey: dict | None = None, gradcam: dict | None = None) -> None:

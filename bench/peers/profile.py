@@ -1,4 +1,5 @@
-"""Where a server's CPU goes under load: `python -m bench.peers.profile --system ours --clients 16 --seconds 10`.
+"""Where a server's CPU goes under load:
+`python -m bench.peers.profile --system ours --clients 16 --seconds 10 [--perf]`.
 
 Starts one system as bench.run would (ours or a peer), loads it with the leaf at N closed-loop clients and, at the
 same time, samples every Python process of the server with py-spy (installed in .venv-peers; it reads the
@@ -62,7 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=12)
     parser.add_argument("--raw-dir", type=Path, default=None,
                         help="also keep each process's collapsed stacks here (PID.txt), for inclusive breakdowns")
+    parser.add_argument("--perf", action="store_true",
+                        help="sample with Linux perf instead of py-spy: CPU per library (ONNX Runtime, the Python "
+                             "interpreter, torch, libjpeg, kernel ...) instead of Python frames")
     args = parser.parse_args(argv)
+    if args.perf:
+        return perf_profile(args)
     if not PY_SPY.exists():
         raise SystemExit(f"{PY_SPY} missing: make peers-venv")
     work = Path(tempfile.mkdtemp(prefix="tomato-profile-"))
@@ -102,6 +108,33 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"    {share:5.1f} %  {frame}")
     finally:
         server.stop()
+    return 0
+
+
+def perf_profile(args: argparse.Namespace) -> int:
+    """The same load, with `perf record` on every process of the server: where the CPU goes by shared library."""
+    work = Path(tempfile.mkdtemp(prefix="tomato-perf-"))
+    item = prepare_inputs(work / "inputs", ("leaf",))["leaf"]
+    server = systems.ours(args.model, work) if args.system == "ours" else systems.peer(args.system, args.model, work)
+    try:
+        server.start().wait_ready(240)
+        data = item.read()
+        run_load(server.predict_url, data, args.clients, 3.0, server.build, warmup_s=0)  # prime every path
+        pids = ",".join(str(pid) for pid in server_pids(server.pid))
+        recording = work / "perf.data"
+        perf = subprocess.Popen(["perf", "record", "-F", "499", "-g", "-o", str(recording), "-p", pids, "--",
+                                 "sleep", str(int(args.seconds))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        before = CpuSnapshot.take(server.pid)
+        result = run_load(server.predict_url, data, args.clients, args.seconds, server.build, warmup_s=0.5)
+        cpu = cpu_per_answer_ms(before, CpuSnapshot.take(server.pid), result.completed)
+        perf.wait(120)
+    finally:
+        server.stop()
+    print(f"{server.label}: {result.throughput:.1f} req/s at {args.clients} clients; CPU ms per answer {cpu}")
+    report = subprocess.run(["perf", "report", "-i", str(recording), "--no-children", "--sort", "dso", "--stdio",
+                             "-g", "none"], capture_output=True, text=True).stdout
+    shares = [line.strip() for line in report.splitlines() if line.strip() and not line.startswith("#")]
+    print("\n".join(f"    {line}" for line in shares[: args.top]))
     return 0
 
 
