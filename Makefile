@@ -78,7 +78,7 @@ bench: bench-deps  ## the full side-by-side benchmark (about 25 minutes; run it 
 CANDIDATES := trained_model/candidates
 card: install  ## redraw trained_model/MODEL_CARD.md from the evaluation files (after `python -m model.evaluate`)
 	$(PY) -m model.card --shipped trained_model/tomato_leaf_lite0.pt --eval trained_model/evaluation.json \
-	  --reject trained_model/reject/reject.json \
+	  --reject trained_model/reject/reject.json --explain trained_model/explain.json \
 	  --candidate "Lite0 160 px + leaf head (shipped, 2.2.0): 2.1.0's network, leaf score from energy + leaf head=trained_model/evaluation.json" \
 	  --candidate "Lite0 160 px + leaf head (2.1.0), 2.0.0 fine-tuned on all photos, every layer; leaf score from energy=$(CANDIDATES)/lite0_160px_2.1.0.json" \
 	  --candidate "Lite0 160 px + leaf head (2.0.0), fine-tuned from 1.1.0 with negatives, 8 blocks frozen=$(CANDIDATES)/lite0_160px_2.0.0.json" \

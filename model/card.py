@@ -121,7 +121,40 @@ def errors_table(ev: dict) -> str:
     return "\n".join(rows)
 
 
-def render(shipped: Path, ev: dict, candidates: dict[str, dict], choice: str, template: str, reject: dict) -> str:
+ORDER_LABELS = ("hottest first", "random", "coldest first")  # the deletion test's orders (explain.json)
+
+
+def explanations_table(explain: dict | None, gradcam: dict | None = None) -> str:
+    """The deletion test of the served maps (bench/explain_faithfulness.py's explain.json), and of the Grad-CAM
+    alternative when it was measured: areas under the probability-vs-hidden-fraction curves, lower = faster fall."""
+    if not explain:
+        return "(not measured for this bundle: run `python -m bench.explain_faithfulness`)"
+    rows = [f"| map | photos | {' | '.join(ORDER_LABELS)} | random − hottest |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for label, result in (("served: class-activation map, last layer "
+                           f"({explain['grid'][0]} × {explain['grid'][1]})", explain),
+                          ("Grad-CAM, stride-16 block (not served)", gradcam)):
+        if result:
+            areas = [result["curves"][order]["auc"] for order in ORDER_LABELS]
+            rows.append(f"| {label} | {result['images']} | " + " | ".join(f"{a:.3f}" for a in areas)
+                        + f" | {areas[1] - areas[0]:+.3f} |")
+    areas = [explain["curves"][order]["auc"] for order in ORDER_LABELS]
+    if areas[1] - areas[0] > 0.02:
+        reading = ("Hiding the hottest cells first lowers the probability clearly faster than hiding random ones: the "
+                   "map points at what the answer rests on.")
+    else:
+        coldest = ("Hiding the coldest cells first is the slowest (the map does know where the evidence is not), but "
+                   "its" if areas[2] - areas[1] > 0.02 else "Its")
+        reading = (f"A faithful map makes \"hottest first\" fall clearly faster than \"random\"; this one does not. "
+                   f"{coldest} hottest cells are no more decisive than random ones: these lab photos show symptoms over "
+                   "much of the leaf, and the cells are coarse. Read the overlay as \"roughly which part of the "
+                   "photo\", not as a lesion outline.")
+    return "\n".join(rows) + "\n\n" + reading
+
+
+
+def render(shipped: Path, ev: dict, candidates: dict[str, dict], choice: str, template: str, reject: dict,
+           explain: dict | None = None, gradcam: dict | None = None) -> str:
     raw = torch.load(shipped, map_location="cpu", weights_only=True)
     display = dict(zip(raw["class_names"], raw["display_names"]))
     history = raw["metrics"].get("history", [])
@@ -159,6 +192,7 @@ def render(shipped: Path, ev: dict, candidates: dict[str, dict], choice: str, te
         "METHODS": methods_table(reject),
         "DIAGNOSED": pct(ev["verdicts"]["diagnosed"]),
         "TOP1_DIAGNOSED": pct(ev["verdicts"]["accuracy_among_diagnosed"]),
+        "EXPLANATIONS": explanations_table(explain, gradcam),
     }
     text = template
     for key, value in values.items():
@@ -174,6 +208,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--choice", default="", help="why the shipped candidate was chosen (markdown)")
     p.add_argument("--choice-file", type=Path, help="the same, read from a markdown file")
     p.add_argument("--reject", type=Path, required=True, help="reject.json written by model.reject")
+    p.add_argument("--explain", type=Path, default=None,
+                   help="explain.json of bench.explain_faithfulness (explain_gradcam.json beside it is read too)")
     p.add_argument("--template", type=Path, default=Path(__file__).with_name("model_card_template.md"))
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
@@ -181,7 +217,11 @@ def main(argv: list[str] | None = None) -> None:
     ev = json.loads(args.eval.read_text())
     choice = (args.choice_file.read_text() if args.choice_file else args.choice).strip()
     reject = json.loads(args.reject.read_text())
-    args.out.write_text(render(args.shipped, ev, candidates, choice, args.template.read_text(), reject))
+    explain = json.loads(args.explain.read_text()) if args.explain and args.explain.is_file() else None
+    gradcam_path = args.explain.with_name("explain_gradcam.json") if args.explain else None
+    gradcam = json.loads(gradcam_path.read_text()) if gradcam_path and gradcam_path.is_file() else None
+    args.out.write_text(render(args.shipped, ev, candidates, choice, args.template.read_text(), reject, explain,
+                               gradcam))
     print(f"wrote {args.out}")
 
 

@@ -53,3 +53,18 @@ def test_cpu_description_names_the_widest_vector_extension():
     assert cpu_description(avx512, cores=False) == "AMD EPYC, AVX-512 (VNNI)"
     assert cpu_description(avx2, cores=False) == "AMD EPYC, AVX2"
     assert cpu_description(avx2).startswith("AMD EPYC, ") and " cores, AVX2" in cpu_description(avx2)
+
+
+def test_the_card_reads_the_deletion_test_from_its_numbers():
+    from model.card import explanations_table
+
+    def result(hottest: float, random: float, coldest: float) -> dict:
+        areas = {"hottest first": hottest, "random": random, "coldest first": coldest}
+        return {"grid": [5, 5], "images": 100, "curves": {k: {"auc": v} for k, v in areas.items()}}
+
+    faithful = explanations_table(result(0.55, 0.67, 0.75))
+    unfaithful = explanations_table(result(0.67, 0.668, 0.75), result(0.75, 0.70, 0.72))
+    assert "| 100 | 0.550 | 0.670 | 0.750 | +0.120 |" in faithful and "points at what the answer rests on" in faithful
+    assert "this one does not" in unfaithful and "coldest cells first is the slowest" in unfaithful
+    assert "Grad-CAM" in unfaithful and "-0.050 |" in unfaithful
+    assert "not measured" in explanations_table(None)
