@@ -258,7 +258,7 @@ def fetch_model_info(base_url: str) -> dict[str, Any]:
 def predict(base_url: str, images: list[ImageFile], top_k: int, timeout_s: float,
             explain: bool = False) -> dict[str, Any]:
     """POST /predict with every image of one submit as a `file` part: one request, one batch on the server.
-    `explain=True` asks for the class-activation overlay too, which costs the server about a quarter more per
+    `explain=True` asks for the class-activation overlay too, which costs the server about 7-10 % more CPU per
     answer (BENCHMARKS.md, "Explanations"): the page asks for it only when someone turns its toggle on."""
     files = [("file", (image.name, image.data, image.mime)) for image in images]
     name = images[0].name if len(images) == 1 else "One of the photos"
