@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import serving  # first: it keeps Triton out of the server (serving/__init__.py)
 import torch
 from flask import Flask, Response, current_app, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST

@@ -1,13 +1,18 @@
-"""serving/memory.py on the real glibc: malloc's free memory goes back to the system, in a fresh process."""
+"""Memory of the serving processes: serving/memory.py on the real glibc (malloc's free memory goes back to the
+system, in a fresh process), and a real two-worker server that shares its imported heap and leaves Triton out."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
+import psutil
 import pytest
-from support import ROOT
+import requests
+from support import ROOT, sample_files
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc tuning is glibc-only (a no-op)")
 
@@ -43,3 +48,48 @@ def test_malloc_accepts_the_tuning():
     result = subprocess.run([sys.executable, "-c", "from serving.memory import tune_malloc; print(tune_malloc())"],
                             cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "True", result.stderr
+
+
+def smaps_rollup(pid: int) -> dict[str, int]:
+    """The kernel's memory summary of one process, in KiB (Rss, Pss, Anonymous, Private_Dirty ...)."""
+    fields = (line.split() for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:])
+    return {parts[0].rstrip(":"): int(parts[1]) for parts in fields if len(parts) >= 2 and parts[1].isdigit()}
+
+
+def maps_triton(pid: int) -> bool:
+    return "libtriton" in Path(f"/proc/{pid}/maps").read_text()
+
+
+TRITON_INSTALLED = importlib.util.find_spec("triton") is not None  # with torch's CUDA build, as here and on CI
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="needs Linux /proc/PID/smaps_rollup")
+def test_workers_share_the_masters_imported_heap_and_no_process_loads_triton(start_server, tiny_bundle_path):
+    """`python flask_server.py`, two workers, some answers served. The master's heap is the ~380 MiB of Python
+    objects imported before the fork; frozen before each fork (gunicorn.conf.py pre_fork), nearly all of it stays
+    shared with the workers: without the freeze, each worker's first full collection copied a quarter of it
+    (Private_Dirty 103 of 382 MiB in the master, against 28 with it; BENCHMARKS.md "Memory"). The ONNX graph is
+    exported first, as the install step does: an export inside a worker imports and changes much more."""
+    subprocess.run([sys.executable, "-m", "inference.export", "--model", str(tiny_bundle_path)], cwd=ROOT, check=True,
+                   capture_output=True, timeout=300)
+    server = start_server(tiny_bundle_path, workers=2)
+    for path in sample_files()[:8]:
+        with path.open("rb") as image:
+            assert requests.post(server.url + "/predict", files={"file": image}, timeout=30).status_code == 200
+    master = psutil.Process(server.process.pid)
+    workers = master.children()
+    assert len(workers) == 2
+    heap = smaps_rollup(master.pid)
+    assert heap["Private_Dirty"] < 0.15 * heap["Anonymous"], heap
+    if TRITON_INSTALLED:
+        assert not any(maps_triton(pid) for pid in [master.pid, *(w.pid for w in workers)])
+
+
+@pytest.mark.skipif(not TRITON_INSTALLED, reason="Triton is not installed: nothing to keep out")
+def test_a_plain_gunicorn_master_keeps_triton_out_too():
+    """`gunicorn` run in the project folder reads gunicorn.conf.py before anything else; once it has run, the
+    model's imports (torchvision) must not bring Triton in."""
+    code = ("import runpy, sys\nrunpy.run_path('gunicorn.conf.py')\nimport torchvision, flask_server\n"
+            "print(repr(sys.modules.get('triton', 'absent')))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.stdout.strip().splitlines()[-1] == "None", result.stderr[-2000:]
