@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+import serving  # first: it keeps Triton out of the model processes too (serving/__init__.py)
 from jobs.settings import JobSettings
 
 

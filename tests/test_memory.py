@@ -89,7 +89,7 @@ def test_workers_share_the_masters_imported_heap_and_no_process_loads_triton(sta
 def test_a_plain_gunicorn_master_keeps_triton_out_too():
     """`gunicorn` run in the project folder reads gunicorn.conf.py before anything else; once it has run, the
     model's imports (torchvision) must not bring Triton in."""
-    code = ("import runpy, sys\nrunpy.run_path('gunicorn.conf.py')\nimport torchvision, flask_server\n"
+    code = ("import runpy, sys\nrunpy.run_path('gunicorn.conf.py')\nimport torchvision\n"
             "print(repr(sys.modules.get('triton', 'absent')))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.stdout.strip().splitlines()[-1] == "None", result.stderr[-2000:]
