@@ -97,7 +97,8 @@ def targets(results: dict) -> list[str]:
         shown = f"{median:.0%}" if peer == "ceiling" else f"{median:.2f}×"
         spread = ", ".join(f"{r:.0%}" if peer == "ceiling" else f"{r:.2f}×" for r in ratio)
         lines.append(f"| ours ≥ {what} at {results.get('interleaved_clients', 16)} clients, interleaved rounds "
-                     f"(median of {len(ratio)}: {spread}) | leaf | {shown} | {mark(median >= wanted)} |")
+                     f"(median of {len(ratio)}: {spread}) | {results.get('interleaved_input', 'leaf')} | {shown} | "
+                     f"{mark(median >= wanted)} |")
     served = {(r["input"], r["batch"]): r for r in results.get("variants") or [] if r.get("variant") == "served"}
     single = find(rows, "ours", "leaf", 1)
     if single and single["p50_ms"] is not None and ("leaf", 1) in served:
@@ -153,7 +154,8 @@ def interleaved_section(results: dict) -> list[str]:
     systems = [s for s in ORDER if any(r["system"] == s for r in rows)]
     head = " | ".join(("ceiling img/s" if s == "ceiling" else f"{LABELS[s].split(' (')[0]} req/s") for s in systems)
     peers = [p for p in ("baseline", "torchserve", "ceiling") if p in systems and "ours" in systems]
-    lines = [f"Leaf at {clients} clients; all servers up at once, each round measures every system back to back "
+    item = results.get("interleaved_input", "leaf").capitalize()
+    lines = [f"{item} at {clients} clients; all servers up at once, each round measures every system back to back "
              "(ceiling last), so the ratios inside a round share the same machine conditions.", "",
              f"| round | {head} | " + " | ".join(f"ours/{LABELS[p].split(' (')[0]}" for p in peers) + " |",
              "| ---: |" + " ---: |" * (len(systems) + len(peers))]

@@ -5,7 +5,8 @@
 For each system (ours, the seed-tutorial baseline, TorchServe 0.12) it starts the server on free loopback
 ports, loads it with 1, 4, 16 and 64 closed-loop clients per input (a 256-px leaf and a 12-MP phone JPEG),
 records req/s, p50/p95/p99 latency and errors by status, and stops what it started. Then it measures the
-in-process ceiling (no HTTP), the same 16-client leaf comparison in interleaved rounds, the ceiling variants (bench/ceiling_variants.py) and the locust overload ramp
+in-process ceiling (no HTTP), the same 16-client comparison in interleaved rounds (on the leaf unless
+--interleaved-input says phone), the ceiling variants (bench/ceiling_variants.py) and the locust overload ramp
 (bench/overload.py), and writes BENCHMARKS.md plus bench/throughput_latency.png. See bench/README.md.
 """
 from __future__ import annotations
@@ -248,7 +249,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ts-max-batch-delay", type=int, default=5, help="TorchServe maxBatchDelay (ms)")
     parser.add_argument("--ts-stock-transform", action="store_true", help="TorchServe with the ImageNet transform")
     parser.add_argument("--interleaved-rounds", type=int, default=3,
-                        help="rounds of the leaf comparison at --interleaved-clients with every system in turn (0: off)")
+                        help="rounds of the comparison at --interleaved-clients on --interleaved-input with every "
+                             "system in turn (0: off)")
+    parser.add_argument("--interleaved-input", default="leaf", choices=("leaf", "phone"),
+                        help="the input of the interleaved rounds (one of --inputs)")
     parser.add_argument("--interleaved-clients", type=int, default=16)
     parser.add_argument("--interleaved-duration", type=float, default=10.0, help="seconds per system per round")
     parser.add_argument("--ceiling-processes", type=int, default=0,
@@ -321,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                             "(the server's own layout), one thread driving each; images/s summed"]
 
     interleaved: list[dict] = []
-    if args.interleaved_rounds and "leaf" in inputs:
+    if args.interleaved_rounds and args.interleaved_input in inputs:
         print(f"interleaved rounds at {args.interleaved_clients} clients ...", flush=True)
         servers = []
         for name in (s for s in chosen if s != "ceiling"):
@@ -329,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
                 servers.append(make_server(name, args, work / "interleaved", ours_env))
             except Exception as exc:
                 print(f"  {name}: left out of the interleaved rounds: {exc}", file=sys.stderr, flush=True)
-        interleaved = interleaved_rounds(servers, args.model, inputs["leaf"], args.interleaved_clients,
+        interleaved = interleaved_rounds(servers, args.model, inputs[args.interleaved_input], args.interleaved_clients,
                                          max_batch if "ceiling" in chosen else 0, args.interleaved_rounds,
                                          args.interleaved_duration, args.warmup, work / "interleaved",
                                          ceiling_processes)
@@ -361,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         "clients": clients, "duration_s": args.duration, "warmup_s": args.warmup, "notes": notes,
         "ours_env": ours_env, "max_batch": max_batch, "rows": [asdict(r) for r in rows],
         "variants": variant_rows, "overload": overload_summary, "interleaved": interleaved,
-        "interleaved_clients": args.interleaved_clients, **measured,
+        "interleaved_clients": args.interleaved_clients,
+        "interleaved_input": args.interleaved_input, **measured,
     }
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

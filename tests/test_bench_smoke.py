@@ -138,6 +138,15 @@ def test_report_takes_the_median_of_the_interleaved_ratios():
     assert "85 % of the no-HTTP ceiling at 16 clients, interleaved rounds (median of 3: 80%, 90%, 60%) | leaf | 80% | **no**" in target_rows
 
 
+def test_report_names_the_input_of_the_interleaved_rounds():
+    """`--interleaved-input phone`: the section and the target rows say phone, not leaf."""
+    results = {"interleaved_clients": 16, "interleaved_input": "phone", "rows": [], "inputs": {}, "variants": [],
+               "interleaved": [{"round": 1, "system": system, "throughput": value, "p50_ms": None, "errors": 0}
+                               for system, value in (("ours", 30.0), ("baseline", 10.0))]}
+    assert "\n".join(report.interleaved_section(results)).startswith("Phone at 16 clients;")
+    assert "interleaved rounds (median of 1: 3.00×) | phone | 3.00× | **yes**" in "\n".join(report.targets(results))
+
+
 def test_report_shows_the_median_cpu_per_answer():
     rows = [{"round": n, "system": "ours", "throughput": 400.0, "p50_ms": 40.0, "errors": 0,
              "server_cpu_ms": server, "client_cpu_ms": 0.3, "machine_cpu_ms": server + 0.4}
