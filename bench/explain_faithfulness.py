@@ -26,11 +26,12 @@ from torchvision.transforms.functional import gaussian_blur
 from inference import DEFAULT_BUNDLE_PATH, decode_image, load_bundle, preprocess
 from inference.explain import network_view, overlay_png
 from inference.predict import forward
+from model.card import ORDER_LABELS, deletion_areas
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "plantvillage_tomato"
 STEPS = (0, 1, 2, 3, 4, 5, 7, 10, 13, 17, 25)  # cells hidden (of 25 at 160 px); scaled to the grid's size
-ORDERS = ("hottest first", "random", "coldest first")
+ORDERS = ORDER_LABELS  # the orders model/card.py reads back from explain.json
 
 
 def test_files(split: Path, data: Path, limit: int) -> list[tuple[Path, str]]:
@@ -181,8 +182,7 @@ def _gradcam_note(result: dict, gradcam: dict | None) -> str:
     if gradcam is None:
         return (" Measuring a finer map (an earlier, stride-16 layer with Grad-CAM weights in eager) is the next step "
                 "if lesion-level detail is wanted.")
-    cam = [gradcam["served_map_same_photos"]["curves"][o]["auc"] for o in ORDERS]
-    fine = [gradcam["curves"][o]["auc"] for o in ORDERS]
+    cam, fine = deletion_areas(gradcam["served_map_same_photos"]), deletion_areas(gradcam)
     gap_cam, gap_fine = cam[1] - cam[0], fine[1] - fine[0]
     if gap_fine > 0.01:
         verdict = "Grad-CAM's hottest cells do lower the probability faster than random ones"
@@ -210,11 +210,11 @@ def write_doc(result: dict, path: Path, grey: dict | None = None, gradcam: dict 
     rows = "\n".join(f"| {order} | {c['auc']:.3f} | "
                       + " / ".join(f"{c['mean_probability'][i]:.3f}" for i in columns)
                       + f" | {100 * c['answer_kept_after_first_20pct']:.1f} % |" for order, c in curves.items())
-    hot, rnd, cold = (curves[o]["auc"] for o in ORDERS)
+    hot, rnd, cold = deletion_areas(result)
     shown = ", ".join(f"{100 * result['fraction_hidden'][i]:.0f} %" for i in columns)
     grey_note = ""
     if grey is not None:
-        g = [grey["curves"][o]["auc"] for o in ORDERS]
+        g = deletion_areas(grey)
         grey_note = (f"\n\n**Why blur and not grey.** Hiding cells with flat grey (`--fill grey`, model "
                      f"{grey['model']['version']}) gives areas {g[0]:.3f} (hottest first), {g[1]:.3f} (random) and "
                      f"{g[2]:.3f} (coldest first): " + ("random falls fastest. Scattered hard-edged grey squares look "

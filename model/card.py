@@ -124,6 +124,11 @@ def errors_table(ev: dict) -> str:
 ORDER_LABELS = ("hottest first", "random", "coldest first")  # the deletion test's orders (explain.json)
 
 
+def deletion_areas(result: dict) -> list[float]:
+    """Areas under the deletion curves of one explain.json, in ORDER_LABELS' order."""
+    return [result["curves"][order]["auc"] for order in ORDER_LABELS]
+
+
 def explanations_table(explain: dict | None, gradcam: dict | None = None) -> str:
     """The deletion test of the served maps (bench/explain_faithfulness.py's explain.json), and of the Grad-CAM
     alternative when it was measured: areas under the probability-vs-hidden-fraction curves, lower = faster fall."""
@@ -135,10 +140,10 @@ def explanations_table(explain: dict | None, gradcam: dict | None = None) -> str
                            f"({explain['grid'][0]} × {explain['grid'][1]})", explain),
                           ("Grad-CAM, stride-16 block (not served)", gradcam)):
         if result:
-            areas = [result["curves"][order]["auc"] for order in ORDER_LABELS]
-            rows.append(f"| {label} | {result['images']} | " + " | ".join(f"{a:.3f}" for a in areas)
-                        + f" | {areas[1] - areas[0]:+.3f} |")
-    areas = [explain["curves"][order]["auc"] for order in ORDER_LABELS]
+            measured = deletion_areas(result)
+            rows.append(f"| {label} | {result['images']} | " + " | ".join(f"{a:.3f}" for a in measured)
+                        + f" | {measured[1] - measured[0]:+.3f} |")
+    areas = deletion_areas(explain)
     if areas[1] - areas[0] > 0.02:
         reading = ("Hiding the hottest cells first lowers the probability clearly faster than hiding random ones: the "
                    "map points at what the answer rests on.")
@@ -150,7 +155,6 @@ def explanations_table(explain: dict | None, gradcam: dict | None = None) -> str
                    "much of the leaf, and the cells are coarse. Read the overlay as \"roughly which part of the "
                    "photo\", not as a lesion outline.")
     return "\n".join(rows) + "\n\n" + reading
-
 
 
 def render(shipped: Path, ev: dict, candidates: dict[str, dict], choice: str, template: str, reject: dict,

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import subprocess
 import tempfile
-import threading
 from pathlib import Path
+from typing import Iterator
 
 from bench import systems
 from bench.cpu import CpuSnapshot, cpu_per_answer_ms, server_pids
 from bench.inputs import prepare_inputs
-from bench.loadgen import run_load
+from bench.loadgen import LoadResult, run_load
 
 PY_SPY = systems.ROOT / ".venv-peers" / "bin" / "py-spy"
 IDLE = ("wait (threading", "select (", "poll (", "_worker (concurrent", "accept (", "sleep", "epoll", "recv_into (",
@@ -72,28 +73,17 @@ def main(argv: list[str] | None = None) -> int:
     if not PY_SPY.exists():
         raise SystemExit(f"{PY_SPY} missing: make peers-venv")
     work = Path(tempfile.mkdtemp(prefix="tomato-profile-"))
-    item = prepare_inputs(work / "inputs", ("leaf",))["leaf"]
-    server = systems.ours(args.model, work) if args.system == "ours" else systems.peer(args.system, args.model, work)
-    try:
-        server.start().wait_ready(240)
-        data = item.read()
-        run_load(server.predict_url, data, args.clients, 3.0, server.build, warmup_s=0)  # prime every path
+    with primed_server(args, work) as (server, data):
         pids = python_pids(server.pid)
         spies = {pid: subprocess.Popen([str(PY_SPY), "record", "--pid", str(pid), "--duration", str(int(args.seconds)),
                                         "--rate", "200", "--nonblocking", "--format", "raw", "--output",
                                         str(work / f"{pid}.txt")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                  for pid in pids}
-        before = CpuSnapshot.take(server.pid)
-        result: dict = {}
-        loader = threading.Thread(target=lambda: result.update(r=run_load(
-            server.predict_url, data, args.clients, args.seconds, server.build, warmup_s=0.5)))
-        loader.start()
-        loader.join()
-        cpu = cpu_per_answer_ms(before, CpuSnapshot.take(server.pid), result["r"].completed)
+        result, cpu = measured_load(server, data, args)
         for spy in spies.values():
             spy.wait(60)
-        print(f"{server.label}: {result['r'].throughput:.1f} req/s at {args.clients} clients, "
-              f"p50 {result['r'].p50_ms:.0f} ms; CPU ms per answer {cpu}")
+        print(f"{server.label}: {result.throughput:.1f} req/s at {args.clients} clients, "
+              f"p50 {result.p50_ms:.0f} ms; CPU ms per answer {cpu}")
         for pid in pids:
             raw_file = work / f"{pid}.txt"
             if args.raw_dir and raw_file.exists():
@@ -106,30 +96,39 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"\n  process {pid}: {name}")
                 for frame, samples, share in frames:
                     print(f"    {share:5.1f} %  {frame}")
+    return 0
+
+
+@contextlib.contextmanager
+def primed_server(args: argparse.Namespace, work: Path) -> Iterator[tuple[systems.ServerProcess, bytes]]:
+    """The chosen system started on the leaf as bench.run would, every path primed by 3 s of load; stopped after."""
+    data = prepare_inputs(work / "inputs", ("leaf",))["leaf"].read()
+    server = systems.ours(args.model, work) if args.system == "ours" else systems.peer(args.system, args.model, work)
+    try:
+        server.start().wait_ready(240)
+        run_load(server.predict_url, data, args.clients, 3.0, server.build, warmup_s=0)
+        yield server, data
     finally:
         server.stop()
-    return 0
+
+
+def measured_load(server: systems.ServerProcess, data: bytes, args: argparse.Namespace) -> tuple[LoadResult, dict[str, float]]:
+    """`args.seconds` of load at `args.clients` clients, and the server's CPU per answer over it (bench/cpu.py)."""
+    before = CpuSnapshot.take(server.pid)
+    result = run_load(server.predict_url, data, args.clients, args.seconds, server.build, warmup_s=0.5)
+    return result, cpu_per_answer_ms(before, CpuSnapshot.take(server.pid), result.completed)
 
 
 def perf_profile(args: argparse.Namespace) -> int:
     """The same load, with `perf record` on every process of the server: where the CPU goes by shared library."""
     work = Path(tempfile.mkdtemp(prefix="tomato-perf-"))
-    item = prepare_inputs(work / "inputs", ("leaf",))["leaf"]
-    server = systems.ours(args.model, work) if args.system == "ours" else systems.peer(args.system, args.model, work)
-    try:
-        server.start().wait_ready(240)
-        data = item.read()
-        run_load(server.predict_url, data, args.clients, 3.0, server.build, warmup_s=0)  # prime every path
+    with primed_server(args, work) as (server, data):
         pids = ",".join(str(pid) for pid in server_pids(server.pid))
         recording = work / "perf.data"
         perf = subprocess.Popen(["perf", "record", "-F", "499", "-g", "-o", str(recording), "-p", pids, "--",
                                  "sleep", str(int(args.seconds))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        before = CpuSnapshot.take(server.pid)
-        result = run_load(server.predict_url, data, args.clients, args.seconds, server.build, warmup_s=0.5)
-        cpu = cpu_per_answer_ms(before, CpuSnapshot.take(server.pid), result.completed)
+        result, cpu = measured_load(server, data, args)
         perf.wait(120)
-    finally:
-        server.stop()
     print(f"{server.label}: {result.throughput:.1f} req/s at {args.clients} clients; CPU ms per answer {cpu}")
     report = subprocess.run(["perf", "report", "-i", str(recording), "--no-children", "--sort", "dso", "--stdio",
                              "-g", "none"], capture_output=True, text=True).stdout
