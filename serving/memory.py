@@ -6,8 +6,9 @@ per core) and, once a big buffer has been freed, raises its mmap threshold (up t
 arenas: a worker that had served a few heavy inputs kept gigabytes it no longer used.
 
 What each worker does (gunicorn hooks in gunicorn.conf.py):
-* after the fork, `tune_malloc()`: at most ARENA_MAX arenas, and a fixed mmap threshold, so buffers above it are
-  their own mappings and go back to the system the moment they are freed;
+* after the fork, `tune_malloc()`: at most ARENA_MAX arenas, and fixed mmap and trim thresholds, so buffers above
+  8 MiB (a big decoded image) are their own mappings and go back to the system the moment they are freed, while
+  smaller ones (an upload's body, a batch tensor) reuse the heap;
 * after each request, `MemoryGuard.after_request()`: when resident memory is more than TRIM_SLACK above the
   lowest seen, `malloc_trim(0)` hands the free pages inside the arenas back (at most once a second, in the
   request thread after its answer was sent).
@@ -27,7 +28,12 @@ M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
 
 ARENA_MAX = 2
-MMAP_THRESHOLD = 1 << 20  # 1 MiB: a decoded 256-px image is 192 KB; a 12-MP one 36 MB
+# 8 MiB: a decoded 12-MP image (36 MB) is mapped on its own; a 3-MB upload and its copies reuse the heap. At 1 MiB
+# (until 2026-12-03) every such buffer was a fresh mapping, and setting one threshold also pins glibc's trim
+# threshold at 128 KiB, so the heap's top went back to the system and was faulted in again on every request:
+# 600-2,000 page faults per 12-MP upload, ~10 ms of server CPU each on this VM (BENCHMARKS.md, "The upload's bytes").
+MMAP_THRESHOLD = 8 << 20
+TRIM_THRESHOLD = 8 << 20  # free memory at a heap's top kept for the next request; the guard trims the rest
 TRIM_SLACK = 256 << 20
 TRIM_INTERVAL_S = 1.0
 
@@ -40,12 +46,14 @@ def _glibc() -> ctypes.CDLL | None:
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
-def tune_malloc(arena_max: int = ARENA_MAX, mmap_threshold: int = MMAP_THRESHOLD) -> bool:
-    """Bound the arenas and fix the mmap threshold in this process; False when not on glibc."""
+def tune_malloc(arena_max: int = ARENA_MAX, mmap_threshold: int = MMAP_THRESHOLD,
+                trim_threshold: int = TRIM_THRESHOLD) -> bool:
+    """Bound the arenas and fix the mmap and trim thresholds in this process; False when not on glibc."""
     libc = _glibc()
     if libc is None:
         return False
-    return bool(libc.mallopt(M_ARENA_MAX, arena_max)) and bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold))
+    return all(libc.mallopt(option, value) for option, value in
+               ((M_ARENA_MAX, arena_max), (M_MMAP_THRESHOLD, mmap_threshold), (M_TRIM_THRESHOLD, trim_threshold)))
 
 
 def resident_bytes() -> int:

@@ -31,7 +31,9 @@ from werkzeug.wsgi import LimitedStream
 
 from serving.errors import ApiError
 
-CHUNK_BYTES = 64 * 1024
+# A body is read in steps of up to 1 MiB (gunicorn's own read step). At 64 KiB, gunicorn read ahead up to 1 MiB and
+# copied what it had left back into its buffer on every step: ~3 ms of server CPU per 3-MB upload.
+CHUNK_BYTES = 1 << 20
 MAX_PART_HEADER_BYTES = 16 * 1024  # python-multipart's default (4 KiB) made a part with a long file name vanish
 MAX_FILENAME_CHARS = 1024  # longer than any file system allows; above it the client gets a clear 400
 
@@ -119,8 +121,9 @@ class FastFormDataParser(FormDataParser):
             raise ValueError("Missing boundary")
         collector = _PartCollector(self)
         parser = MultipartParser(boundary, collector.callbacks(), max_header_size=MAX_PART_HEADER_BYTES)
+        step = min(CHUNK_BYTES, content_length) if content_length else CHUNK_BYTES  # a 10-KB upload: one 10-KB buffer, not 1 MiB
         try:
-            while chunk := stream.read(CHUNK_BYTES):
+            while chunk := stream.read(step):
                 parser.write(chunk)
             parser.finalize()
         except MultipartParseError as exc:

@@ -1,9 +1,9 @@
 """Where a server's CPU goes under load:
 `python -m bench.peers.profile --system ours --clients 16 --seconds 10 [--perf]`.
 
-Starts one system as bench.run would (ours or a peer), loads it with the leaf at N closed-loop clients and, at the
-same time, samples every Python process of the server with py-spy (installed in .venv-peers; it reads the
-processes from outside, so it works on any of them). Prints the throughput, the server's CPU ms per answer
+Starts one system as bench.run would (ours or a peer), loads it with the leaf (or `--input phone`, the 12-MP photo)
+at N closed-loop clients and, at the same time, samples every Python process of the server with py-spy (installed
+in .venv-peers; it reads the processes from outside, so it works on any of them). Prints the throughput, the server's CPU ms per answer
 (bench/cpu.py) and, per process, the functions holding the most samples (own time, idle waits left out), so two
 servers can be compared frame by frame (issue 19: where a peer wins, find out why).
 """
@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--system", default="ours", choices=("ours", *systems.PEERS))
     parser.add_argument("--model", type=Path, default=systems.ROOT / "trained_model" / "tomato_leaf_lite0.pt")
+    parser.add_argument("--input", default="leaf", choices=("leaf", "phone"), help="the upload (bench/inputs.py)")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--top", type=int, default=12)
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         result, cpu = measured_load(server, data, args)
         for spy in spies.values():
             spy.wait(60)
-        print(f"{server.label}: {result.throughput:.1f} req/s at {args.clients} clients, "
+        print(f"{server.label}: {result.throughput:.1f} req/s at {args.clients} clients on the {args.input}, "
               f"p50 {result.p50_ms:.0f} ms; CPU ms per answer {cpu}")
         for pid in pids:
             raw_file = work / f"{pid}.txt"
@@ -101,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
 
 @contextlib.contextmanager
 def primed_server(args: argparse.Namespace, work: Path) -> Iterator[tuple[systems.ServerProcess, bytes]]:
-    """The chosen system started on the leaf as bench.run would, every path primed by 3 s of load; stopped after."""
-    data = prepare_inputs(work / "inputs", ("leaf",))["leaf"].read()
+    """The chosen system started as bench.run would, every path primed by 3 s of load on `args.input`; stopped after."""
+    data = prepare_inputs(work / "inputs", (args.input,))[args.input].read()
     server = systems.ours(args.model, work) if args.system == "ours" else systems.peer(args.system, args.model, work)
     try:
         server.start().wait_ready(240)
