@@ -69,6 +69,12 @@ def post_worker_init(worker) -> None:
     swap.install_worker(worker)
 
 
+def pre_request(worker, req) -> None:
+    """Before each request: the memory guard counts requests in flight (it trims when the worker falls idle)."""
+    if MEMORY_GUARD:
+        _memory_guard.before_request()
+
+
 def post_request(worker, req, environ, resp) -> None:
     """After the answer is sent: trim malloc's free memory if this worker grew well above its level."""
     if MEMORY_GUARD:

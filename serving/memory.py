@@ -10,8 +10,8 @@ What each worker does (gunicorn hooks in gunicorn.conf.py):
   8 MiB (a big decoded image) are their own mappings and go back to the system the moment they are freed, while
   smaller ones (an upload's body, a batch tensor) reuse the heap;
 * after each request, `MemoryGuard.after_request()`: when resident memory is more than TRIM_SLACK above the
-  lowest seen, `malloc_trim(0)` hands the free pages inside the arenas back (at most once a second, in the
-  request thread after its answer was sent).
+  lowest seen, or IDLE_SLACK above the idle level once no other request is in flight, `malloc_trim(0)` hands the
+  free pages inside the arenas back (at most once a second, in the request thread after its answer was sent).
 Nothing here runs outside glibc (other C libraries: both are no-ops).
 """
 from __future__ import annotations
@@ -35,6 +35,7 @@ ARENA_MAX = 2
 MMAP_THRESHOLD = 8 << 20
 TRIM_THRESHOLD = 8 << 20  # free memory at a heap's top kept for the next request; the guard trims the rest
 TRIM_SLACK = 256 << 20
+IDLE_SLACK = 32 << 20
 TRIM_INTERVAL_S = 1.0
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -66,25 +67,44 @@ def resident_bytes() -> int:
 
 
 class MemoryGuard:
-    """Trims malloc's free memory when resident memory has grown TRIM_SLACK above the level after the last trim
-    (or the lowest seen since): what a trim cannot give back is in use, and becomes the new level."""
+    """Trims malloc's free memory after a request, at most once per `interval_s`, in two cases:
 
-    def __init__(self, slack: int = TRIM_SLACK, interval_s: float = TRIM_INTERVAL_S) -> None:
+    * under load, when resident memory has grown `slack` above the level after the last trim (or the lowest seen
+      since): what a trim cannot give back is in use, and becomes the new level;
+    * when the worker falls idle (its last request in flight was answered) `idle_slack` above its idle level: the
+      heap a burst of 12-MP uploads grew (~80 MiB per worker at 64 clients) goes back once the burst is over, at
+      no cost while requests keep coming. What that trim cannot give back becomes the idle level."""
+
+    def __init__(self, slack: int = TRIM_SLACK, interval_s: float = TRIM_INTERVAL_S,
+                 idle_slack: int = IDLE_SLACK) -> None:
         self.libc = _glibc()
-        self.slack, self.interval_s = slack, interval_s
+        self.slack, self.interval_s, self.idle_slack = slack, interval_s, idle_slack
         self.floor = 0
+        self.idle_level = 0
+        self.in_flight = 0
         self.trims = 0
         self._last = 0.0
         self._lock = threading.Lock()
+        self._count_lock = threading.Lock()
+
+    def before_request(self) -> None:
+        with self._count_lock:
+            self.in_flight += 1
 
     def after_request(self) -> None:
+        with self._count_lock:
+            self.in_flight = max(0, self.in_flight - 1)
+            idle = self.in_flight == 0
         if self.libc is None:
             return
         rss = resident_bytes()
+        if idle and (not self.idle_level or rss < self.idle_level):
+            self.idle_level = rss
         if not self.floor or rss < self.floor:
             self.floor = rss
             return
-        if rss - self.floor < self.slack or time.monotonic() - self._last < self.interval_s:
+        grown = rss - self.floor >= self.slack or (idle and rss - self.idle_level >= self.idle_slack)
+        if not grown or time.monotonic() - self._last < self.interval_s:
             return
         if not self._lock.acquire(blocking=False):  # another thread is trimming
             return
@@ -93,5 +113,7 @@ class MemoryGuard:
             self.trims += 1
             self._last = time.monotonic()
             self.floor = resident_bytes() or self.floor
+            if idle:
+                self.idle_level = self.floor
         finally:
             self._lock.release()

@@ -75,6 +75,34 @@ def test_an_upload_sized_buffer_reuses_the_heap_instead_of_new_pages():
     assert page_faults_of_twenty_uploads("new") < 20 * 50
 
 
+# Two requests in flight leave 300 MB of freed heap behind (far below the load rule's slack): the first answer
+# must not trim (the other request is still running), the last one must.
+IDLE_PROBE = """
+import json
+from serving.memory import MemoryGuard, resident_bytes
+guard = MemoryGuard(slack=1 << 40, interval_s=0.0, idle_slack=64 << 20)
+guard.before_request(); guard.after_request()  # the idle level
+guard.before_request(); guard.before_request()
+buffers = [bytearray(100_000) for _ in range(3_000)]
+kept = buffers[::50]
+del buffers
+before = resident_bytes()
+guard.after_request()
+trims_with_one_in_flight = guard.trims
+guard.after_request()
+print(json.dumps({"before": before, "after": resident_bytes(), "busy": trims_with_one_in_flight, "idle": guard.trims}))
+"""
+
+
+def test_the_guard_trims_when_the_worker_falls_idle():
+    result = subprocess.run([sys.executable, "-c", IDLE_PROBE], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    numbers = json.loads(result.stdout)
+    assert numbers["busy"] == 0, numbers  # no trim while a request is still in flight
+    assert numbers["idle"] == 1, numbers
+    assert numbers["before"] - numbers["after"] > 200 << 20, numbers
+
+
 def test_malloc_accepts_the_tuning():
     result = subprocess.run([sys.executable, "-c", "from serving.memory import tune_malloc; print(tune_malloc())"],
                             cwd=ROOT, capture_output=True, text=True, timeout=60)
