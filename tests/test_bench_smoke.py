@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict
 
-from bench import report, systems
+from bench import ab, report, systems
 from bench.inputs import prepare_inputs
 from bench.loadgen import LoadResult, percentile
 from bench.run import bench_server, interleaved_rounds
@@ -39,6 +39,17 @@ def test_interleaved_rounds_measure_every_server_each_round_and_stop_them(tiny_b
     for row in rows:  # the server's own CPU and the load generator's, per answer, are both real and part of the whole
         assert row["server_cpu_ms"] > 0 and row["client_cpu_ms"] > 0, row
         assert row["machine_cpu_ms"] >= 0.8 * (row["server_cpu_ms"] + row["client_cpu_ms"]), row
+
+
+def test_ab_measures_two_settings_of_our_server_in_turns(tiny_bundle_path):
+    summaries = ab.compare(["TOMATO_TORCH_THREADS=1", "TOMATO_TORCH_THREADS=1 TOMATO_MEMORY_GUARD=off"], "leaf",
+                           clients=2, rounds=2, seconds=1.0, model=tiny_bundle_path)
+
+    assert [s.config for s in summaries] == ["TOMATO_TORCH_THREADS=1", "TOMATO_TORCH_THREADS=1 TOMATO_MEMORY_GUARD=off"]
+    for summary in summaries:
+        assert len(summary.rounds) == 2, summary
+        assert all(throughput > 0 and cpu_ms > 0 and faults >= 0 for throughput, cpu_ms, faults in summary.rounds)
+        assert summary.pss_mib > 0  # read while the server was still up
 
 
 def test_session_cpu_counts_every_process_of_a_server_session():
