@@ -6,7 +6,7 @@
 
 Each config is `NAME=VALUE` words: `DIR=` is the checkout whose `flask_server.py` runs (default: this one, with
 this repository's .venv), every other word goes into the server's environment. All servers start at once (default
-settings, the shipped model); each round loads each one for `--seconds` at `--clients` closed-loop clients, in
+settings, the shipped model or `--model`); each round loads each one for `--seconds` at `--clients` closed-loop clients, in
 alternating order, so a host that drifts (this 2-vCPU VM does, by 1.5x within minutes) drifts for all of them
 alike. Per config and round: answers per second, server CPU ms per answer (every process of the server,
 bench/cpu.py) and minor page faults per answer; at the end, each server's PSS and the medians.
@@ -26,10 +26,10 @@ from pathlib import Path
 from bench.cpu import server_pids, session_cpu_s, session_memory_kib
 from bench.inputs import prepare_inputs
 from bench.loadgen import run_load
+from bench.systems import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = ROOT / ".venv" / "bin" / "python"
-FIRST_PORT = 5170
 
 
 def minor_faults(session_id: int) -> int:
@@ -76,7 +76,7 @@ def compare(configs: list[str], input_name: str = "phone", clients: int = 16, ro
     """Start every config at once, measure them in alternating turns, stop them; one summary per config."""
     work = Path(tempfile.mkdtemp(prefix="tomato-ab-"))
     data = prepare_inputs(work / "inputs", (input_name,))[input_name].read()
-    ports = [FIRST_PORT + i for i in range(len(configs))]
+    ports = [free_port() for _ in configs]
     servers = [start(config, port, work, model) for config, port in zip(configs, ports)]
     results: list[list[tuple[float, float, float]]] = [[] for _ in servers]
     try:
@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = summary.rounds
         print(f"[{summary.config}]: median {statistics.median(r[0] for r in rows):.1f} req/s, "
               f"{statistics.median(r[1] for r in rows):.2f} ms CPU/answer, "
-              f"{statistics.median(r[2] for r in rows):.0f} page faults/answer; PSS after the load {summary.pss_mib} MiB")
+              f"{statistics.median(r[2] for r in rows):.0f} page faults/answer; "
+              f"PSS after the load {summary.pss_mib} MiB")
     return 0
 
 

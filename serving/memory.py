@@ -31,12 +31,14 @@ ARENA_MAX = 2
 # 8 MiB: a decoded 12-MP image (36 MB) is mapped on its own; a 3-MB upload and its copies reuse the heap. At 1 MiB
 # (until 2026-12-03) every such buffer was a fresh mapping, and setting one threshold also pins glibc's trim
 # threshold at 128 KiB, so the heap's top went back to the system and was faulted in again on every request:
-# 600-2,000 page faults per 12-MP upload, ~10 ms of server CPU each on this VM (BENCHMARKS.md, "The upload's bytes").
+# 590-940 page faults per 12-MP upload; with 64-KiB body reads, 8-13 ms of server CPU per such upload on this VM
+# (BENCHMARKS.md, "The upload's bytes").
 MMAP_THRESHOLD = 8 << 20
 TRIM_THRESHOLD = 8 << 20  # free memory at a heap's top kept for the next request; the guard trims the rest
 TRIM_SLACK = 256 << 20
 IDLE_SLACK = 32 << 20
 TRIM_INTERVAL_S = 1.0
+CHECK_INTERVAL_S = 0.05  # under load, resident memory is read at most this often (a /proc read per request: 1.4 %)
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -73,12 +75,16 @@ class MemoryGuard:
       since): what a trim cannot give back is in use, and becomes the new level;
     * when the worker falls idle (its last request in flight was answered) `idle_slack` above its idle level: the
       heap a burst of 12-MP uploads grew (~80 MiB per worker at 64 clients) goes back once the burst is over, at
-      no cost while requests keep coming. What that trim cannot give back becomes the idle level."""
+      no cost while requests keep coming. What that trim cannot give back becomes the idle level.
+
+    While other requests are in flight, resident memory is read at most once per `check_interval_s`."""
 
     def __init__(self, slack: int = TRIM_SLACK, interval_s: float = TRIM_INTERVAL_S,
-                 idle_slack: int = IDLE_SLACK) -> None:
+                 idle_slack: int = IDLE_SLACK, check_interval_s: float = CHECK_INTERVAL_S) -> None:
         self.libc = _glibc()
         self.slack, self.interval_s, self.idle_slack = slack, interval_s, idle_slack
+        self.check_interval_s = check_interval_s
+        self._last_check = 0.0
         self.floor = 0
         self.idle_level = 0
         self.in_flight = 0
@@ -97,6 +103,10 @@ class MemoryGuard:
             idle = self.in_flight == 0
         if self.libc is None:
             return
+        now = time.monotonic()
+        if not idle and now - self._last_check < self.check_interval_s:
+            return
+        self._last_check = now
         rss = resident_bytes()
         if idle and (not self.idle_level or rss < self.idle_level):
             self.idle_level = rss
@@ -104,7 +114,7 @@ class MemoryGuard:
             self.floor = rss
             return
         grown = rss - self.floor >= self.slack or (idle and rss - self.idle_level >= self.idle_slack)
-        if not grown or time.monotonic() - self._last < self.interval_s:
+        if not grown or now - self._last < self.interval_s:
             return
         if not self._lock.acquire(blocking=False):  # another thread is trimming
             return

@@ -121,7 +121,8 @@ class FastFormDataParser(FormDataParser):
             raise ValueError("Missing boundary")
         collector = _PartCollector(self)
         parser = MultipartParser(boundary, collector.callbacks(), max_header_size=MAX_PART_HEADER_BYTES)
-        step = min(CHUNK_BYTES, content_length) if content_length else CHUNK_BYTES  # a 10-KB upload: one 10-KB buffer, not 1 MiB
+        # A 10-KB upload is one read into a 10-KB buffer, not into a 1-MiB one.
+        step = min(CHUNK_BYTES, content_length) if content_length else CHUNK_BYTES
         try:
             while chunk := stream.read(step):
                 parser.write(chunk)

@@ -45,7 +45,8 @@ def test_ab_measures_two_settings_of_our_server_in_turns(tiny_bundle_path):
     summaries = ab.compare(["TOMATO_TORCH_THREADS=1", "TOMATO_TORCH_THREADS=1 TOMATO_MEMORY_GUARD=off"], "leaf",
                            clients=2, rounds=2, seconds=1.0, model=tiny_bundle_path)
 
-    assert [s.config for s in summaries] == ["TOMATO_TORCH_THREADS=1", "TOMATO_TORCH_THREADS=1 TOMATO_MEMORY_GUARD=off"]
+    assert [s.config for s in summaries] == ["TOMATO_TORCH_THREADS=1",
+                                             "TOMATO_TORCH_THREADS=1 TOMATO_MEMORY_GUARD=off"]
     for summary in summaries:
         assert len(summary.rounds) == 2, summary
         assert all(throughput > 0 and cpu_ms > 0 and faults >= 0 for throughput, cpu_ms, faults in summary.rounds)

@@ -3,9 +3,9 @@
 
 Starts one system as bench.run would (ours or a peer), loads it with the leaf (or `--input phone`, the 12-MP photo)
 at N closed-loop clients and, at the same time, samples every Python process of the server with py-spy (installed
-in .venv-peers; it reads the processes from outside, so it works on any of them). Prints the throughput, the server's CPU ms per answer
-(bench/cpu.py) and, per process, the functions holding the most samples (own time, idle waits left out), so two
-servers can be compared frame by frame (issue 19: where a peer wins, find out why).
+in .venv-peers; it reads the processes from outside, so it works on any of them). Prints the throughput, the
+server's CPU ms per answer (bench/cpu.py) and, per process, the functions holding the most samples (own time, idle
+waits left out), so two servers can be compared frame by frame (issue 19: where a peer wins, find out why).
 """
 from __future__ import annotations
 
