@@ -5,102 +5,64 @@
         "DIR=/tmp/before" "DIR=."  ["TOMATO_MEMORY_GUARD=off" ...]
 
 Each config is `NAME=VALUE` words: `DIR=` is the checkout whose `flask_server.py` runs (default: this one, with
-this repository's .venv), every other word goes into the server's environment. All servers start at once (default
-settings, the shipped model or `--model`); each round loads each one for `--seconds` at `--clients` closed-loop clients, in
-alternating order, so a host that drifts (this 2-vCPU VM does, by 1.5x within minutes) drifts for all of them
-alike. Per config and round: answers per second, server CPU ms per answer (every process of the server,
-bench/cpu.py) and minor page faults per answer; at the end, each server's PSS and the medians.
+this repository's .venv), every other word goes into the server's environment. The rounds are bench.run's
+interleaved rounds (`interleaved_rounds`): all servers up at once (default settings, each checkout's shipped model
+or `--model`), each loaded in turn for `--seconds` at `--clients` closed-loop clients, so a host that drifts (this
+2-vCPU VM does, by 1.5x within minutes) drifts for all of them alike. Per config and round: answers per second,
+server CPU ms per answer and minor page faults per answer (bench/cpu.py); at the end, the medians and each
+server's PSS after its last turn.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import tempfile
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.cpu import server_pids, session_cpu_s, session_memory_kib
+from bench import systems
 from bench.inputs import prepare_inputs
-from bench.loadgen import run_load
-from bench.systems import free_port
+from bench.run import interleaved_rounds
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = ROOT / ".venv" / "bin" / "python"
-
-
-def minor_faults(session_id: int) -> int:
-    """Minor page faults of every process of the server (field minflt of /proc/PID/stat)."""
-    total = 0
-    for pid in server_pids(session_id):
-        try:
-            total += int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
-        except OSError:  # the process ended meanwhile
-            pass
-    return total
-
-
-def start(config: str, port: int, work: Path, model: Path | None) -> subprocess.Popen:
-    settings = dict(word.split("=", 1) for word in config.split())
-    checkout = Path(settings.pop("DIR", ROOT)).resolve()
-    env = {**os.environ, "TOMATO_FEEDBACK_DIR": str(work / f"feedback-{port}"), **settings}
-    model_args = ["--model", str(model)] if model else []
-    return subprocess.Popen([str(PYTHON), "flask_server.py", "--port", str(port), *model_args], cwd=checkout, env=env,
-                            stdout=subprocess.DEVNULL, stderr=open(work / f"server-{port}.log", "w"),
-                            start_new_session=True)
-
-
-def wait_ready(port: int, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1)
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise SystemExit(f"the server on port {port} did not get ready in {timeout_s:.0f} s")
+SHIPPED_MODEL = Path("trained_model") / "tomato_leaf_lite0.pt"  # inside each checkout
 
 
 @dataclass
 class Summary:
     config: str
     rounds: list[tuple[float, float, float]]  # (req/s, server CPU ms per answer, page faults per answer)
-    pss_mib: int
+    pss_mib: int  # after its last turn
+
+
+def server_for(config: str, index: int, work: Path, model: Path | None) -> systems.ServerProcess:
+    """Our server as `config` says (`DIR=` checkout, the rest its environment), named by the config; without
+    `model`, the checkout's own shipped bundle."""
+    settings = dict(word.split("=", 1) for word in config.split())
+    checkout = Path(settings.pop("DIR", systems.ROOT)).resolve()
+    tmp = work / f"config-{index}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    server = systems.ours(model or checkout / SHIPPED_MODEL, tmp, settings, checkout=checkout)
+    server.name = config  # the rows of interleaved_rounds are keyed by it
+    return server
 
 
 def compare(configs: list[str], input_name: str = "phone", clients: int = 16, rounds: int = 3,
             seconds: float = 10.0, model: Path | None = None) -> list[Summary]:
-    """Start every config at once, measure them in alternating turns, stop them; one summary per config."""
+    """Start every config at once, measure them in turns, stop them; one summary per config."""
     work = Path(tempfile.mkdtemp(prefix="tomato-ab-"))
-    data = prepare_inputs(work / "inputs", (input_name,))[input_name].read()
-    ports = [free_port() for _ in configs]
-    servers = [start(config, port, work, model) for config, port in zip(configs, ports)]
-    results: list[list[tuple[float, float, float]]] = [[] for _ in servers]
-    try:
-        for port in ports:
-            wait_ready(port)
-            run_load(f"http://127.0.0.1:{port}/predict", data, clients, 3.0)  # warm every path
-        for round_index in range(rounds):
-            order = list(range(len(servers)))[:: 1 if round_index % 2 == 0 else -1]
-            for i in order:
-                cpu_before, faults_before = session_cpu_s(servers[i].pid), minor_faults(servers[i].pid)
-                load = run_load(f"http://127.0.0.1:{ports[i]}/predict", data, clients, seconds, warmup_s=0.5)
-                answers = max(1, load.completed)
-                cpu_ms = (session_cpu_s(servers[i].pid) - cpu_before) * 1000 / answers
-                faults = (minor_faults(servers[i].pid) - faults_before) / answers
-                results[i].append((load.throughput, cpu_ms, faults))
-                print(f"round {round_index + 1} [{configs[i]}]: {load.throughput:.1f} req/s, server CPU "
-                      f"{cpu_ms:.2f} ms/answer, {faults:.0f} page faults/answer, errors {load.errors}", flush=True)
-        return [Summary(config, rows, session_memory_kib(server.pid)["pss_kib"] // 1024)
-                for config, rows, server in zip(configs, results, servers)]
-    finally:
-        for server in servers:
-            server.terminate()
-        for server in servers:
-            server.wait(60)
+    item = prepare_inputs(work / "inputs", (input_name,))[input_name]
+    servers = [server_for(config, index, work, model) for index, config in enumerate(configs)]
+    rows = interleaved_rounds(servers, model or SHIPPED_MODEL, item, clients, ceiling_batch=0, rounds=rounds,
+                              duration_s=seconds, warmup_s=0.5, work=work)  # the model is the ceiling's: none here
+    if len(rows) != rounds * len(configs):
+        raise SystemExit(f"the rounds stopped early ({len(rows)} of {rounds * len(configs)} turns measured); "
+                         f"server logs in {work}")
+    summaries = []
+    for config in configs:
+        mine = [row for row in rows if row["system"] == config]
+        summaries.append(Summary(config, [(r["throughput"], r["server_cpu_ms"], r["minor_faults"]) for r in mine],
+                                 mine[-1]["pss_mib"]))
+    return summaries
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--model", type=Path, default=None, help="model bundle .pt (default: the shipped one)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="model bundle .pt for every config (default: each checkout's shipped one)")
     args = parser.parse_args(argv)
     for summary in compare(args.configs, args.input, args.clients, args.rounds, args.seconds, args.model):
         rows = summary.rounds

@@ -54,6 +54,13 @@ def session_cpu_s(session_id: int) -> float:
     return ticks * CLOCK_TICK_S
 
 
+def session_minor_faults(session_id: int) -> int:
+    """Minor page faults so far of the live processes of one server (`server_pids`): with glibc's thresholds pinned
+    low, every big buffer was a fresh mapping faulted in page by page (BENCHMARKS.md, "The upload's bytes")."""
+    table = _process_table()
+    return sum(int(table[pid][2][7]) for pid in server_pids(session_id, table))  # after the name: ... minflt(7)
+
+
 def session_memory_kib(session_id: int) -> dict[str, int]:
     """Summed VmRSS and Pss (KiB) of the live processes of one server (`server_pids`). RSS counts pages that forked
     workers share once per process; Pss splits each shared page between its sharers, so it is the fairer "memory

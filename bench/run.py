@@ -22,7 +22,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bench import systems
-from bench.cpu import CpuSnapshot, cpu_per_answer_ms, machine_busy_s, own_cpu_s, session_memory_kib
+from bench.cpu import (CpuSnapshot, cpu_per_answer_ms, machine_busy_s, own_cpu_s, session_memory_kib,
+                       session_minor_faults)
 from bench.inputs import BenchInput, prepare_inputs
 from bench.loadgen import LoadResult, run_load
 from model.bundle import file_sha256
@@ -126,7 +127,8 @@ def interleaved_rounds(servers: list[systems.ServerProcess], model: Path, item: 
     nothing) and each round measures every one of them, then the no-HTTP ceiling (batch `ceiling_batch`, 0 =
     skip), back to back: a ratio taken within one round compares like with like. One row per (round, system),
     with the CPU milliseconds each answer cost the server, the load generator and the whole machine (bench/cpu.py;
-    for the ceiling, whose processes keep every core busy: cores / images per second)."""
+    for the ceiling, whose processes keep every core busy: cores / images per second), the server's minor page
+    faults per answer and its PSS right after its turn."""
     from bench.ceiling_variants import run_variants
 
     data = item.read()
@@ -143,12 +145,15 @@ def interleaved_rounds(servers: list[systems.ServerProcess], model: Path, item: 
             run_load(server.predict_url, data, clients, 3.0, server.build, warmup_s=0)  # prime every path
         for number in range(1, rounds + 1):
             for server in servers:
-                before = CpuSnapshot.take(server.pid)
+                before, faults_before = CpuSnapshot.take(server.pid), session_minor_faults(server.pid)
                 result = run_load(server.predict_url, data, clients, duration_s, server.build, warmup_s=warmup_s,
-                                  system=server.name, input_name="leaf")
+                                  system=server.name, input_name=item.name)
                 cpu = cpu_per_answer_ms(before, CpuSnapshot.take(server.pid), result.completed)
+                faults = (session_minor_faults(server.pid) - faults_before) / max(1, result.completed)
                 out.append({"round": number, "system": server.name, "throughput": result.throughput,
-                            "p50_ms": result.p50_ms, "errors": result.error_count, **cpu})
+                            "p50_ms": result.p50_ms, "errors": result.error_count, **cpu,
+                            "minor_faults": round(faults, 1),
+                            "pss_mib": session_memory_kib(server.pid)["pss_kib"] // 1024})
                 print(f"  round {number} {server.name:10s} {result.throughput:8.1f} req/s  CPU ms/answer {cpu}",
                       flush=True)
             if ceiling_batch:

@@ -61,11 +61,12 @@ class ServerProcess:
     # refuses to time a system whose answers differ (bench/peers/check.py)
     parse_answer: Callable[[bytes], dict] | None = None
     expected: dict[str, dict] | None = None
+    cwd: Path = ROOT  # where `cmd` runs: another checkout of ours for bench/ab.py
 
     def start(self) -> "ServerProcess":
         log = open(self.log_path, "w") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(
-            self.cmd, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
+            self.cmd, cwd=self.cwd, env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
         return self
@@ -165,11 +166,12 @@ def our_worker_count(experiment: list[str]) -> int:
 
 
 def ours(model: Path, tmp: Path, env: dict[str, str] | None = None, threads: int = OURS_THREADS,
-         experiment: list[str] | None = None) -> ServerProcess:
+         experiment: list[str] | None = None, checkout: Path = ROOT) -> ServerProcess:
     """flask_server.py exactly as documented (gunicorn, one process per core, gthread), on a free port.
 
     `experiment` (e.g. ["--forward", "torchscript"]) runs it through bench/ours_experimental.py instead: the same
-    server with one proposed change applied, for measuring before anyone edits flask_server.py."""
+    server with one proposed change applied, for measuring before anyone edits flask_server.py. `checkout` runs
+    another checkout's flask_server.py (e.g. the commit before, for bench/ab.py) with this repository's venv."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {"TOMATO_FEEDBACK_DIR": str(tmp / "feedback"), **(env or {})}
@@ -179,7 +181,7 @@ def ours(model: Path, tmp: Path, env: dict[str, str] | None = None, threads: int
         name="ours", label="ours (flask_server.py)" + (f" EXPERIMENT {' '.join(experiment)}" if experiment else ""),
         cmd=[PYTHON, *script, "--port", str(port), "--model", str(model), "--threads", str(threads)],
         predict_url=base + "/predict", ready=_status_ok(base + "/readyz"), env=env,
-        log_path=tmp / f"ours-{port}.log",
+        log_path=tmp / f"ours-{port}.log", cwd=checkout,
         notes=[f"gunicorn, {our_worker_count(experiment or [])} process(es) x {threads} gthread threads, a micro-batcher "
                f"in each; env: {knobs}"
                + (f"; EXPERIMENT bench/ours_experimental.py {' '.join(experiment)}" if experiment else "")],

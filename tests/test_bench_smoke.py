@@ -39,6 +39,7 @@ def test_interleaved_rounds_measure_every_server_each_round_and_stop_them(tiny_b
     for row in rows:  # the server's own CPU and the load generator's, per answer, are both real and part of the whole
         assert row["server_cpu_ms"] > 0 and row["client_cpu_ms"] > 0, row
         assert row["machine_cpu_ms"] >= 0.8 * (row["server_cpu_ms"] + row["client_cpu_ms"]), row
+        assert row["minor_faults"] >= 0 and row["pss_mib"] > 0, row  # read while the server was still up
 
 
 def test_ab_measures_two_settings_of_our_server_in_turns(tiny_bundle_path):
