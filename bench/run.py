@@ -338,8 +338,9 @@ def main(argv: list[str] | None = None) -> int:
                 servers.append(make_server(name, args, work / "interleaved", ours_env))
             except Exception as exc:
                 print(f"  {name}: left out of the interleaved rounds: {exc}", file=sys.stderr, flush=True)
-        interleaved = interleaved_rounds(servers, args.model, inputs[args.interleaved_input], args.interleaved_clients,
-                                         max_batch if "ceiling" in chosen else 0, args.interleaved_rounds,
+        interleaved = interleaved_rounds(servers, args.model, inputs[args.interleaved_input],
+                                         args.interleaved_clients, max_batch if "ceiling" in chosen else 0,
+                                         args.interleaved_rounds,
                                          args.interleaved_duration, args.warmup, work / "interleaved",
                                          ceiling_processes)
 
